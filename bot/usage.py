@@ -1,0 +1,118 @@
+"""Token usage reports: today, 7 and 30 days, a per-day series, and cost.
+
+Counters are written by `Store.commit` in the same transaction as the turn; this module
+only reads them. Figures the provider did not report are kept apart (`est_` fields) so
+reports can say how much of a total is the bot's own estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bot.config import UsageConfig
+from bot.errors import QuotaExceeded
+from bot.store import DAY, Store, utc_day
+
+SCOPES = ("user", "channel", "server")
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    prompt: int = 0
+    completion: int = 0
+    requests: int = 0
+    # How much of prompt/completion is the bot's estimate rather than the provider's count.
+    estimated_prompt: int = 0
+    estimated_completion: int = 0
+    cost: float | None = None
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+    @property
+    def has_estimates(self) -> bool:
+        return bool(self.estimated_prompt or self.estimated_completion)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    scope: str
+    ident: int
+    today: Totals
+    week: Totals
+    month: Totals
+    # Total tokens per day, oldest first, ending today (30 entries).
+    series: list[int]
+    currency: str
+
+    def sparkline(self, days: int = 30) -> str:
+        return sparkline(self.series[-days:])
+
+
+def sparkline(values: list[int]) -> str:
+    top = max(values, default=0)
+    if top <= 0:
+        return SPARK[0] * len(values)
+    return "".join(SPARK[min(len(SPARK) - 1, v * (len(SPARK) - 1) // top)] for v in values)
+
+
+class UsageService:
+    def __init__(self, store: Store, config: UsageConfig) -> None:
+        self.store = store
+        self.config = config
+
+    def check_quota(self, used_today: int) -> None:
+        """Refuse before a request when the user's daily quota is spent."""
+        quota = self.config.daily_token_quota
+        if quota and used_today >= quota:
+            raise QuotaExceeded(used_today, quota)
+
+    async def report(self, scope: str, ident: int, now: float | None = None) -> UsageReport:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown usage scope {scope!r}")
+        now = time.time() if now is None else now
+        days = [utc_day(now - i * DAY) for i in range(29, -1, -1)]
+        rows = await self.store.usage_days(scope, ident, days)
+        return UsageReport(
+            scope=scope,
+            ident=ident,
+            today=self._sum(rows[-1:]),
+            week=self._sum(rows[-7:]),
+            month=self._sum(rows),
+            series=[row.get("prompt", 0) + row.get("completion", 0) for row in rows],
+            currency=self.config.currency,
+        )
+
+    def _sum(self, rows: list[dict[str, int]]) -> Totals:
+        prompt = completion = requests = est_p = est_c = 0
+        cost = 0.0
+        priced = False
+        for row in rows:
+            prompt += row.get("prompt", 0)
+            completion += row.get("completion", 0)
+            requests += row.get("requests", 0)
+            for field, value in row.items():
+                kind, _, model = field.partition("|")
+                if not model:
+                    continue
+                estimated = kind.startswith("est_")
+                kind = kind.removeprefix("est_")
+                if estimated:
+                    est_p += value if kind == "prompt" else 0
+                    est_c += value if kind == "completion" else 0
+                price = self.config.prices.get(model)
+                if price is not None:
+                    priced = True
+                    per_million = price.prompt if kind == "prompt" else price.completion
+                    cost += value * per_million / 1_000_000
+        return Totals(
+            prompt=prompt,
+            completion=completion,
+            requests=requests,
+            estimated_prompt=est_p,
+            estimated_completion=est_c,
+            cost=cost if priced or self.config.prices else None,
+        )

@@ -1,0 +1,38 @@
+"""Shared fixtures: a real Redis server process for the whole session.
+
+The suite starts Redis with the same `EmbeddedRedis` the bot uses when no `redis.url`
+is configured, so it needs no system Redis. Each test gets a flushed database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.redis_server import EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-data"))
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    if not redis_server.running:  # a fault test may have stopped it
+        redis_server.start()
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

@@ -1,0 +1,261 @@
+"""Storage, personas, usage reports and context building against a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.config import PersonaConfig, Price, UsageConfig
+from bot.context import CUT_NOTE, build_context
+from bot.errors import EmptyPersona, PersonaTooLong, QuotaExceeded, UnknownPreset
+from bot.models import Place, StoredPersona, TokenUsage, Turn
+from bot.personas import PersonaService, render, resolve
+from bot.redis_server import EmbeddedRedis
+from bot.store import Store, UsageRecord
+from bot.tokens import TokenCounter
+from bot.usage import UsageService, sparkline
+
+COUNTER = TokenCounter()
+GUILD = Place(channel_id=10, channel_name="general", guild_id=1, guild_name="Guild")
+THREAD = Place(channel_id=11, channel_name="thread", guild_id=1, guild_name="Guild", parent_id=10)
+
+
+def make_store(client: aioredis.Redis, **kw: int) -> Store:
+    return Store(
+        client,
+        prefix="t",
+        max_turns=kw.get("max_turns", 100),
+        retention_days=kw.get("retention_days", 30),
+    )
+
+
+def turn(role: str, text: str, name: str | None = "Ann") -> Turn:
+    return Turn(role, text, COUNTER.count(text), time.time(), 1, name if role == "user" else None)
+
+
+def usage_rec(place: Place, user: int, p: int, c: int, *, est: bool = False) -> UsageRecord:
+    return UsageRecord(user, place.channel_id, place.guild_id, "m1", TokenUsage(p, c, est))
+
+
+async def one_turn(store: Store, place: Place, user: int, q: str, a: str) -> None:
+    async with store.turn(place, user) as (_, lock):
+        await store.commit(
+            place, [turn("user", q), turn("assistant", a)], usage_rec(place, user, 5, 7), lock
+        )
+
+
+async def test_turn_costs_two_round_trips_and_history_round_trips(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = make_store(redis_client)
+    await one_turn(store, GUILD, 1, "hello", "hi there")
+    assert store.round_trips == 2
+    history = await store.history(GUILD.channel_id)
+    assert [(t.role, t.content) for t in history] == [("user", "hello"), ("assistant", "hi there")]
+    assert await redis_client.get(store.keys.lock(GUILD.channel_id)) is None, "lock released"
+
+
+async def test_keys_share_a_cluster_slot_per_channel(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client)
+    keys = [
+        store.keys.history(10),
+        store.keys.lock(10),
+        store.keys.channel_persona(10),
+        store.keys.chat_mode(10),
+        store.keys.usage("channel", 10, "20260101"),
+    ]
+    assert {k[k.index("{") : k.index("}") + 1] for k in keys} == {"{c10}"}
+    assert all(k.startswith("t:") for k in keys)
+
+
+async def test_trim_and_retention_ttl(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client, max_turns=4, retention_days=2)
+    for i in range(3):
+        await one_turn(store, GUILD, 1, f"q{i}", f"a{i}")
+    history = await store.history(GUILD.channel_id)
+    assert [t.content for t in history] == ["q1", "a1", "q2", "a2"]
+    ttl = await redis_client.ttl(store.keys.history(GUILD.channel_id))
+    assert 2 * 86400 - 5 < ttl <= 2 * 86400
+    forever = make_store(redis_client, retention_days=0)
+    await one_turn(forever, GUILD, 1, "x", "y")
+    assert await redis_client.ttl(store.keys.history(GUILD.channel_id)) == -1
+
+
+async def test_channels_are_isolated_and_reset_keeps_persona(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client)
+    other = Place(channel_id=99, channel_name="other", guild_id=1)
+    await one_turn(store, GUILD, 1, "in general", "ok")
+    await one_turn(store, other, 1, "in other", "ok")
+    await store.set_persona("channel", GUILD.channel_id, StoredPersona("be terse"))
+    assert await store.reset(GUILD.channel_id) == 2
+    assert await store.history(GUILD.channel_id) == []
+    assert (await store.history(other.channel_id))[0].content == "in other"
+    assert (await store.get_persona("channel", GUILD.channel_id)) == StoredPersona("be terse")
+
+
+async def test_concurrent_turns_in_one_channel_are_serialised_in_order(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = make_store(redis_client)
+    order: list[int] = []
+
+    async def speaker(i: int) -> None:
+        async with store.turn(GUILD, i) as (_, lock):
+            order.append(i)
+            await asyncio.sleep(0.01)
+            await store.commit(
+                GUILD,
+                [turn("user", f"q{i}"), turn("assistant", f"a{i}")],
+                usage_rec(GUILD, i, 1, 1),
+                lock,
+            )
+
+    await asyncio.gather(*(speaker(i) for i in range(5)))
+    assert order == [0, 1, 2, 3, 4]
+    contents = [t.content for t in await store.history(GUILD.channel_id)]
+    assert contents == [x for i in range(5) for x in (f"q{i}", f"a{i}")]
+    assert store._local_locks == {}, "idle per-channel locks are dropped"
+
+
+async def test_lock_is_shared_across_processes(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Two Store objects with separate connections stand in for two bot processes."""
+    other_client = aioredis.from_url(redis_server.url, decode_responses=True)
+    a, b = make_store(redis_client), make_store(other_client)
+    events: list[str] = []
+
+    async def hold(store: Store, name: str) -> None:
+        async with store.turn(GUILD, 1) as (_, lock):
+            events.append(f"{name} in")
+            await asyncio.sleep(0.2)
+            events.append(f"{name} out")
+            await store.commit(
+                GUILD,
+                [turn("user", name), turn("assistant", name)],
+                usage_rec(GUILD, 1, 1, 1),
+                lock,
+            )
+
+    first = asyncio.create_task(hold(a, "a"))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(first, hold(b, "b"))
+    await other_client.aclose()
+    assert events == ["a in", "a out", "b in", "b out"]
+
+
+async def test_a_crashed_holder_frees_the_channel_by_lease(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, prefix="t", max_turns=10, retention_days=1, lock_lease_s=0.3)
+    await redis_client.set(store.keys.lock(GUILD.channel_id), "dead-process", px=300)
+    started = time.monotonic()
+    await one_turn(store, GUILD, 1, "q", "a")
+    assert 0.2 < time.monotonic() - started < 3
+
+
+async def test_persona_fallback_chain(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client)
+    service = PersonaService(store, PersonaConfig(default="DEFAULT {bot_name}"))
+    assert (await service.current(THREAD)).source == "default"
+    await service.set("server", 1, "server persona")
+    assert (await service.current(THREAD)).text == "server persona"
+    await service.set("channel", 10, "parent persona")
+    resolved = await service.current(THREAD)
+    assert (resolved.text, resolved.source) == ("parent persona", "parent channel")
+    await service.set("channel", 11, "thread persona")
+    assert (await service.current(THREAD)).source == "channel"
+    await service.clear("channel", 11)
+    await service.clear("channel", 10)
+    assert (await service.current(THREAD)).source == "server"
+
+
+async def test_persona_limits_presets_and_templates(redis_client: aioredis.Redis) -> None:
+    service = PersonaService(
+        make_store(redis_client),
+        PersonaConfig(max_chars=50, presets={"pirate": "Arr", "tutor": "Teach"}),
+    )
+    with pytest.raises(PersonaTooLong) as info:
+        await service.set("channel", 10, "x" * 51)
+    assert "51" in info.value.user_text and "50" in info.value.user_text
+    with pytest.raises(EmptyPersona):
+        await service.set("channel", 10, "   ")
+    with pytest.raises(UnknownPreset) as unknown:
+        await service.use_preset("channel", 10, "ninja")
+    assert "`pirate`" in unknown.value.user_text
+    stored = await service.use_preset("channel", 10, "pirate")
+    assert (stored.text, stored.preset) == ("Arr", "pirate")
+    assert service.matching_presets("tu") == ["tutor"]
+    assert service.matching_presets("t") == ["tutor", "pirate"], "prefix matches first"
+    text = render("{bot_name} in #{channel} of {server} on {date} {json: {x}}", GUILD, "Bot", now=0)
+    assert text == "Bot in #general of Guild on 1970-01-01 {json: {x}}"
+    assert "a direct message" in render("{server}", Place(5), "Bot")
+    assert resolve(await service.store.persona_layers(GUILD), "d").preset == "pirate"
+
+
+async def test_usage_report_sums_and_cost(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client)
+    service = UsageService(store, UsageConfig(prices={"m1": Price(prompt=1.0, completion=2.0)}))
+    for p, c, est in [(100, 50, False), (10, 5, True)]:
+        await store.record_usage(usage_rec(GUILD, 7, p, c, est=est))
+    for scope, ident in [("user", 7), ("channel", 10), ("server", 1)]:
+        report = await service.report(scope, ident)
+        assert (report.today.prompt, report.today.completion, report.today.requests) == (110, 55, 2)
+        assert report.month.total == 165
+        assert (report.today.estimated_prompt, report.today.estimated_completion) == (10, 5)
+        assert report.today.cost == pytest.approx((110 * 1 + 55 * 2) / 1e6)
+        assert report.series[-1] == 165 and len(report.series) == 30
+    assert sparkline([0, 5, 10]) == "▁▄█"
+    assert (await service.report("user", 8)).today.total == 0
+
+
+async def test_quota_counts_todays_tokens(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client)
+    service = UsageService(store, UsageConfig(daily_token_quota=100))
+    await store.record_usage(usage_rec(GUILD, 7, 60, 40))
+    async with store.turn(GUILD, 7) as (loaded, _):
+        assert loaded.user_tokens_today == 100
+        with pytest.raises(QuotaExceeded) as info:
+            service.check_quota(loaded.user_tokens_today)
+    assert "100" in info.value.user_text
+    service.check_quota(99)
+
+
+def test_context_keeps_persona_and_fits_budget() -> None:
+    history = [
+        turn("user" if i % 2 == 0 else "assistant", f"message number {i} " * 20) for i in range(200)
+    ]
+    new = turn("user", "latest question")
+    built = build_context(
+        "SYSTEM", history, new, context_tokens=2000, reply_tokens=500, counter=COUNTER
+    )
+    assert built.messages[0] == {"role": "system", "content": "SYSTEM"}
+    assert built.messages[-1] == {"role": "user", "content": "Ann: latest question"}
+    assert 0 < built.history_used < 200 and built.history_dropped == 200 - built.history_used
+    assert COUNTER.count_messages(built.messages) <= 2000 - 500
+    # the newest history is what is kept, whole turns only
+    assert built.messages[-2]["content"] == history[-1].content
+
+
+def test_oversized_user_message_is_cut_with_a_note() -> None:
+    new = turn("user", "word " * 5000)
+    built = build_context("SYSTEM", [], new, context_tokens=1000, reply_tokens=200, counter=COUNTER)
+    assert built.user_message_cut
+    assert built.messages[-1]["content"].endswith(CUT_NOTE)
+    assert COUNTER.count_messages(built.messages) <= 800
+
+
+async def test_history_survives_a_restart_of_embedded_redis(tmp_path: object) -> None:
+    from pathlib import Path
+
+    data = Path(str(tmp_path)) / "data"
+    with EmbeddedRedis(data) as server:
+        client = aioredis.from_url(server.url, decode_responses=True)
+        await one_turn(make_store(client), GUILD, 1, "remember me", "I will")
+        await client.aclose()
+    with EmbeddedRedis(data) as server:
+        client = aioredis.from_url(server.url, decode_responses=True)
+        history = await make_store(client).history(GUILD.channel_id)
+        await client.aclose()
+    assert [t.content for t in history] == ["remember me", "I will"]
