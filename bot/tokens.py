@@ -49,7 +49,7 @@ class TokenCounter:
         if self._encoding is None:
             with self._lock:
                 if self._encoding is None:
-                    import bpe_openai  # type: ignore[import-untyped]
+                    import bpe_openai
 
                     self._encoding = bpe_openai.get_encoding(self._encoding_name)
         return self._encoding

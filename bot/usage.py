@@ -116,3 +116,13 @@ class UsageService:
             estimated_completion=est_c,
             cost=cost if priced or self.config.prices else None,
         )
+
+
+def describe(t: Totals, currency: str) -> str:
+    """A few lines for one period, as /usage and the console show them."""
+    lines = [f"**{t.total:,}** tokens", f"{t.prompt:,} prompt · {t.completion:,} completion"]
+    if t.cost is not None:
+        lines.append(f"≈ {currency}{t.cost:,.4f}")
+    if t.has_estimates:
+        lines.append(f"*{t.estimated_prompt + t.estimated_completion:,} estimated*")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""`python -m bot chat`: talk to the bot in a terminal through the real services.
+
+Why: an admin can check the LLM endpoint, the persona and the memory before going live
+on Discord. Everything goes through the same conversation service, storage, persona
+and usage code as Discord does; only the front end differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import sys
+import zlib
+from typing import TextIO
+
+from bot.errors import BotError, user_message
+from bot.models import Place, Speaker
+from bot.services import Services
+
+HELP = """Commands:
+  /persona                 show the persona in use
+  /persona set TEXT        set this channel's persona
+  /persona preset NAME     use a preset from config
+  /persona clear           back to the default
+  /reset                   forget this channel's conversation (the persona stays)
+  /usage                   your token use: today, 7 and 30 days
+  /quit                    leave (Ctrl-D works too)"""
+
+# Console channels get ids far from Discord's snowflakes so they never collide.
+CONSOLE_ID_BASE = 1 << 62
+
+
+def console_place(name: str) -> Place:
+    return Place(channel_id=CONSOLE_ID_BASE + zlib.crc32(name.encode()), channel_name=name)
+
+
+class Console:
+    def __init__(
+        self,
+        services: Services,
+        channel: str,
+        *,
+        out: TextIO | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.services = services
+        self.place = console_place(channel)
+        name = user or getpass.getuser() or "you"
+        self.speaker = Speaker(id=os.getuid() if hasattr(os, "getuid") else 0, name=name)
+        self.out = out or sys.stdout
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    async def run(self, lines: asyncio.Queue[str | None] | None = None) -> None:
+        """Read lines (from stdin, or a queue in tests) until /quit or end of input."""
+        model = self.services.config.llm.model
+        self.say(f"Chatting in #{self.place.channel_name} with {model}. /help for commands.")
+        while True:
+            line = await (lines.get() if lines else _read_line("you> "))
+            if line is None:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            try:
+                if line.startswith("/"):
+                    await self.command(line)
+                else:
+                    await self.chat(line)
+            except BotError as exc:
+                self.say(f"\n[!] {user_message(exc)}")
+        self.say("bye")
+
+    async def chat(self, text: str) -> None:
+        self.say("bot> ", end="")
+        conv = self.services.conversations
+        async with conv.reply(self.place, self.speaker, text) as reply:
+            async for delta in reply:
+                self.say(delta, end="")
+        self.say()
+        for note in reply.outcome.notes if reply.outcome else []:
+            self.say(f"[{note}]")
+
+    async def command(self, line: str) -> None:
+        cmd, _, rest = line.partition(" ")
+        sub, _, arg = rest.strip().partition(" ")
+        personas = self.services.personas
+        ident = self.place.channel_id
+        if cmd == "/help":
+            self.say(HELP)
+        elif cmd == "/reset":
+            removed = await self.services.conversations.reset(ident)
+            self.say(f"Forgot {removed} messages. The persona stays.")
+        elif cmd == "/usage":
+            report = await self.services.usage.report("user", self.speaker.id)
+            for label, t in (
+                ("today", report.today),
+                ("7 days", report.week),
+                ("30 days", report.month),
+            ):
+                est = " (includes estimates)" if t.has_estimates else ""
+                self.say(f"{label:>8}: {t.prompt:,} prompt + {t.completion:,} completion{est}")
+            self.say(f"   chart: {report.sparkline()}")
+        elif cmd == "/persona" and sub in ("", "show"):
+            current = await personas.current(self.place)
+            self.say(f"[{current.source}{' preset ' + current.preset if current.preset else ''}]")
+            self.say(current.text)
+        elif cmd == "/persona" and sub == "set":
+            await personas.set("channel", ident, arg)
+            self.say("Persona set for this channel.")
+        elif cmd == "/persona" and sub == "preset":
+            await personas.use_preset("channel", ident, arg.strip())
+            self.say(f"Using preset {arg.strip()}.")
+        elif cmd == "/persona" and sub == "clear":
+            await personas.clear("channel", ident)
+            self.say("Persona cleared; the default applies.")
+        else:
+            self.say(f"Unknown command {line!r}. /help lists them.")
+
+
+async def _read_line(prompt: str) -> str | None:
+    def read() -> str | None:
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+
+    return await asyncio.to_thread(read)

@@ -1,0 +1,263 @@
+"""The conversation engine: one user message in, one streamed model reply out.
+
+Why it is a context manager: a reply holds the channel (so a second message waits its
+turn instead of interleaving history), and whatever happens - a model error, a timeout,
+a consumer that gives up - the channel must be released and nothing half done may be
+stored. The user's turn and the model's reply are committed together, in one atomic
+write, only when the reply completed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from bot.config import LLMConfig
+from bot.context import BuiltContext, build_context, speaker_line
+from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
+from bot.llm import ChatStream, LLMClient
+from bot.metrics import Metrics
+from bot.models import Place, Speaker, TokenUsage, Turn
+from bot.personas import render, resolve
+from bot.store import Store, TurnLock, UsageRecord
+from bot.tokens import TokenCounter
+from bot.usage import UsageService
+
+log = logging.getLogger(__name__)
+
+FINISH_NOTES = {
+    "length": "The answer reached the length limit (`llm.max_tokens`) and stops here.",
+    "content_filter": "The provider's content filter stopped this answer.",
+}
+CUT_MESSAGE_NOTE = "Your message was too long for the model, so only its start was read."
+
+
+@dataclass(slots=True)
+class ReplyOutcome:
+    text: str
+    finish_reason: str
+    usage: TokenUsage
+    # Short notes for the person: a cut-off by max_tokens, their message was cut, ...
+    notes: list[str] = field(default_factory=list)
+    history_length: int = 0
+
+
+class ConversationService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        llm: LLMClient,
+        counter: TokenCounter,
+        usage: UsageService,
+        llm_config: LLMConfig,
+        default_persona: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.llm = llm
+        self.counter = counter
+        self.usage = usage
+        self.llm_config = llm_config
+        self.default_persona = default_persona
+        self.metrics = metrics
+        self.bot_name = "Assistant"
+
+    def reply(
+        self, place: Place, speaker: Speaker, text: str, *, message_id: int | None = None
+    ) -> Reply:
+        """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`."""
+        return Reply(self, place, speaker, text, message_id)
+
+    async def reset(self, channel_id: int) -> int:
+        return await self.store.reset(channel_id)
+
+
+class Reply:
+    """One reply in progress. Iterate it for text deltas; `outcome` is set when it completed."""
+
+    def __init__(
+        self,
+        service: ConversationService,
+        place: Place,
+        speaker: Speaker,
+        text: str,
+        message_id: int | None,
+    ) -> None:
+        self.s = service
+        self.place = place
+        self.speaker = speaker
+        self.text = text
+        self.message_id = message_id
+        self.outcome: ReplyOutcome | None = None
+        self.context: BuiltContext | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._lock: TurnLock | None = None
+        self._stream: ChatStream | None = None
+        self._started = 0.0
+        self._first_token_at: float | None = None
+        self._user_turn: Turn | None = None
+
+    async def __aenter__(self) -> Reply:
+        s = self.s
+        try:
+            loaded, self._lock = await self._stack.enter_async_context(
+                s.store.turn(self.place, self.speaker.id)
+            )
+            s.usage.check_quota(loaded.user_tokens_today)
+            persona = resolve(loaded.personas, s.default_persona)
+            system = render(persona.text, self.place, s.bot_name)
+            self._user_turn = Turn(
+                role="user",
+                content=self.text,
+                tokens=s.counter.count(speaker_line(self.speaker.name, self.text)),
+                at=time.time(),
+                author_id=self.speaker.id,
+                author_name=self.speaker.name,
+                message_id=self.message_id,
+            )
+            self.context = build_context(
+                system,
+                loaded.history,
+                self._user_turn,
+                context_tokens=s.llm_config.context_tokens,
+                reply_tokens=s.llm_config.max_tokens,
+                counter=s.counter,
+            )
+            if s.metrics:
+                s.metrics.reply_started()
+            self._started = time.monotonic()
+            self._stream = await self._stack.enter_async_context(
+                s.llm.stream(self.context.messages)
+            )
+        except BaseException as exc:
+            self._note_failure(exc)
+            await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        assert self._stream is not None, "use `async with` before iterating"
+        async for delta in self._stream:
+            if self._first_token_at is None:
+                self._first_token_at = time.monotonic()
+                if self.s.metrics:
+                    self.s.metrics.observe_first_token(self._first_token_at - self._started)
+            yield delta
+        await self._commit()
+
+    async def _commit(self) -> None:
+        s, stream = self.s, self._stream
+        assert stream is not None and self.context is not None and self._user_turn is not None
+        assert self._lock is not None
+        text = stream.text
+        if not text.strip():
+            raise LLMEmptyReply()
+        usage = self._usage(stream)
+        reply_turn = Turn(
+            role="assistant",
+            content=text,
+            tokens=usage.completion_tokens,
+            at=time.time(),
+        )
+        length = await s.store.commit(
+            self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
+        )
+        notes = []
+        if self.context.user_message_cut:
+            notes.append(CUT_MESSAGE_NOTE)
+        finish = stream.finish_reason or "stop"
+        if finish in FINISH_NOTES:
+            notes.append(FINISH_NOTES[finish])
+        self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        elapsed = time.monotonic() - self._started
+        if s.metrics:
+            s.metrics.reply_finished()
+            s.metrics.add_tokens(usage.prompt_tokens, usage.completion_tokens)
+        log.info(
+            "reply channel=%s prompt_tokens=%d completion_tokens=%d%s first_token=%.2fs "
+            "total=%.2fs finish=%s history=%d",
+            self.place.channel_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            " (estimated)" if usage.estimated else "",
+            (self._first_token_at or time.monotonic()) - self._started,
+            elapsed,
+            finish,
+            length,
+        )
+
+    def _usage(self, stream: ChatStream) -> TokenUsage:
+        """Reported usage if the provider sent it (and learn from it), else our estimate."""
+        assert self.context is not None
+        reported = stream.usage
+        if reported is not None and reported.prompt_tokens > 0:
+            self.s.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
+            return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
+        return TokenUsage(
+            self.s.counter.calibrated(self.context.prompt_tokens),
+            self.s.counter.count(stream.text),
+            estimated=True,
+        )
+
+    def _usage_record(self, usage: TokenUsage) -> UsageRecord:
+        return UsageRecord(
+            user_id=self.speaker.id,
+            channel_id=self.place.channel_id,
+            guild_id=self.place.guild_id,
+            model=(self._stream.model if self._stream and self._stream.model else None)
+            or self.s.llm_config.model,
+            usage=usage,
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            if self.outcome is None:
+                if exc is None:
+                    exc = LLMError("the reply was abandoned before it finished")
+                self._note_failure(exc)
+                await self._record_spent_tokens()
+        finally:
+            await self._stack.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def _record_spent_tokens(self) -> None:
+        """A failed reply stores no turn, but tokens the provider already spent still count."""
+        stream = self._stream
+        if stream is None or self.context is None:
+            return
+        usage = TokenUsage(
+            self.s.counter.calibrated(self.context.prompt_tokens),
+            self.s.counter.count(stream.text),
+            estimated=True,
+        )
+        with contextlib.suppress(BotError):
+            await self.s.store.record_usage(self._usage_record(usage))
+
+    def _note_failure(self, exc: BaseException) -> None:
+        kind = getattr(exc, "kind", None) or (
+            "memory" if isinstance(exc, MemoryUnavailable) else type(exc).__name__
+        )
+        if self.s.metrics and self._started:
+            self.s.metrics.reply_failed(kind)
+        level = logging.INFO if isinstance(exc, BotError) else logging.ERROR
+        log.log(
+            level,
+            "reply channel=%s failed kind=%s after=%.2fs",
+            self.place.channel_id,
+            kind,
+            time.monotonic() - self._started if self._started else 0.0,
+            exc_info=not isinstance(exc, BotError),
+        )

@@ -1,0 +1,134 @@
+"""Everything the bot's front ends (Discord, console) share, built in one place.
+
+`open_services` is the single wiring point: it starts (or connects to) Redis, opens the
+one aiohttp session and builds the services on top. Discord cogs and the console
+receive the `Services` object and never construct dependencies themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from bot.config import Config
+from bot.conversation import ConversationService
+from bot.gate import Cooldown
+from bot.llm import LLMClient
+from bot.metrics import Metrics
+from bot.personas import PersonaService
+from bot.redis_server import EmbeddedRedis
+from bot.store import Store
+from bot.tokens import TokenCounter
+from bot.usage import UsageService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    store: Store
+    llm: LLMClient
+    counter: TokenCounter
+    conversations: ConversationService
+    personas: PersonaService
+    usage: UsageService
+    cooldown: Cooldown
+    metrics: Metrics
+    session: aiohttp.ClientSession
+    embedded_redis: EmbeddedRedis | None
+
+
+async def wait_for_redis(
+    client: aioredis.Redis, *, attempts: int = 8, first_delay: float = 0.5
+) -> None:
+    """Retry with backoff so a Redis that starts a little later than the bot is fine."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            await client.ping()
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            if attempt == attempts:
+                raise ConnectionError(
+                    f"Redis is unreachable after {attempts} attempts ({type(exc).__name__}). "
+                    "Check redis.url / REDIS_URL, or leave it empty to use the built-in Redis."
+                ) from exc
+            log.warning(
+                "Redis unreachable (attempt %d/%d); retrying in %.1f s", attempt, attempts, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    config: Config, *, metrics: Metrics | None = None, redis_attempts: int = 8
+) -> AsyncIterator[Services]:
+    """Build every service; on exit close them in reverse order (Redis data flushed)."""
+    async with contextlib.AsyncExitStack() as stack:
+        embedded: EmbeddedRedis | None = None
+        url = config.redis.url
+        if not url:
+            embedded = EmbeddedRedis(Path(config.redis.data_dir))
+            await asyncio.to_thread(embedded.start)
+            stack.callback(embedded.cleanup)
+            url = embedded.url
+        client = redis_client(url)
+        stack.push_async_callback(client.aclose)
+        await wait_for_redis(client, attempts=redis_attempts)
+
+        session = aiohttp.ClientSession()
+        stack.push_async_callback(session.close)
+
+        counter = TokenCounter()
+        await asyncio.to_thread(counter.load)
+        metrics = metrics or Metrics()
+        store = Store(
+            client,
+            prefix=config.redis.key_prefix,
+            max_turns=config.history.max_turns,
+            retention_days=config.history.retention_days,
+        )
+        llm = LLMClient(session, config.llm)
+        usage = UsageService(store, config.usage)
+        yield Services(
+            config=config,
+            store=store,
+            llm=llm,
+            counter=counter,
+            conversations=ConversationService(
+                store=store,
+                llm=llm,
+                counter=counter,
+                usage=usage,
+                llm_config=config.llm,
+                default_persona=config.persona.default,
+                metrics=metrics,
+            ),
+            personas=PersonaService(store, config.persona),
+            usage=usage,
+            cooldown=Cooldown(config.discord.user_burst, config.discord.user_cooldown_s),
+            metrics=metrics,
+            session=session,
+            embedded_redis=embedded,
+        )

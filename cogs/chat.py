@@ -1,0 +1,161 @@
+"""Answering messages: Discord message in, streamed reply out.
+
+Thin glue: the rules for *whether* to answer live in `bot.gate`, the conversation in
+`bot.conversation`, and the pacing and splitting of the streamed reply in
+`bot.render`. This cog gathers facts from the Message and adapts Discord's message
+API to the renderer's Sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+import discord
+from discord.ext import commands
+
+from bot.client import ChatBot, bucket_key, place_of
+from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
+from bot.gate import MessageFacts, Verdict, decide, needs_chat_mode
+from bot.models import Speaker
+from bot.render import ReplyRenderer
+
+log = logging.getLogger(__name__)
+
+NO_PINGS = discord.AllowedMentions.none()
+INTERRUPTED = "⚠️ Interrupted: the bot is restarting. Ask again in a moment."
+
+
+class DiscordSink:
+    """The renderer's view of Discord: post, edit, show typing. Nothing here pings."""
+
+    def __init__(self, message: discord.Message) -> None:
+        self.message = message
+        self.channel = message.channel
+
+    async def send(self, content: str, reply_to: object | None) -> object:
+        target = reply_to if isinstance(reply_to, discord.Message) else self.message
+        return await self.channel.send(
+            content,
+            reference=target.to_reference(fail_if_not_exists=False),
+            mention_author=False,
+            allowed_mentions=NO_PINGS,
+        )
+
+    async def edit(self, handle: object, content: str) -> None:
+        assert isinstance(handle, discord.Message)
+        await handle.edit(content=content, allowed_mentions=NO_PINGS)
+
+    async def typing(self) -> None:
+        await self.channel.typing()
+
+    def bucket(self, kind: str) -> str:
+        return bucket_key(kind, self.channel.id)
+
+
+def readable_text(message: discord.Message, bot_id: int) -> str:
+    """The message as the model should read it: no mention of the bot, names for ids."""
+    text = re.sub(rf"<@!?{bot_id}>", "", message.content)
+    names = {str(u.id): u.display_name for u in message.mentions}
+    text = re.sub(r"<@!?(\d+)>", lambda m: "@" + names.get(m[1], "someone"), text)
+    roles = {str(r.id): r.name for r in message.role_mentions}
+    text = re.sub(r"<@&(\d+)>", lambda m: "@" + roles.get(m[1], "role"), text)
+    return text.strip()
+
+
+class Chat(commands.Cog):
+    def __init__(self, bot: ChatBot) -> None:
+        self.bot = bot
+        self.services = bot.services
+        self.config = bot.services.config.discord
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        if self.bot.user is not None:
+            self.services.conversations.bot_name = self.bot.user.display_name
+
+    def facts(self, message: discord.Message, text: str) -> MessageFacts:
+        me = self.bot.user
+        assert me is not None
+        channel = message.channel
+        ref = message.reference.resolved if message.reference else None
+        parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+        parent = channel.parent if isinstance(channel, discord.Thread) else channel
+        roles = getattr(message.author, "roles", [])
+        return MessageFacts(
+            author_is_bot=message.author.bot or message.author.id == me.id,
+            is_dm=message.guild is None,
+            guild_id=message.guild.id if message.guild else None,
+            channel_id=channel.id,
+            parent_id=parent_id,
+            category_id=getattr(parent, "category_id", None),
+            role_ids=frozenset(r.id for r in roles),
+            mentions_bot=any(u.id == me.id for u in message.mentions),
+            replies_to_bot=isinstance(ref, discord.Message) and ref.author.id == me.id,
+            has_text=bool(text),
+        )
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if not self.bot.accepting or self.bot.user is None:
+            return
+        text = readable_text(message, self.bot.user.id)
+        facts = self.facts(message, text)
+        chat_mode = False
+        if needs_chat_mode(facts, self.config):
+            try:
+                chat_mode = await self.services.store.chat_mode(message.channel.id)
+            except MemoryUnavailable:
+                return  # cannot tell whether we were asked; stay quiet
+        verdict = decide(facts, self.config, chat_mode=chat_mode)
+        if verdict is Verdict.IGNORE:
+            return
+        if verdict is Verdict.NO_TEXT:
+            await self.notice(message, EmptyMessage.user_text)
+            return
+        retry_after = self.services.cooldown.hit(message.author.id)
+        if retry_after is not None:
+            if self.services.cooldown.should_warn(message.author.id, retry_after):
+                await self.notice(message, Throttled(retry_after).user_text)
+            return
+        self.bot.start_reply(self.answer(message, text), name=f"reply {message.id}")
+
+    async def notice(self, message: discord.Message, text: str) -> None:
+        """A short reply that is not a model answer (throttling, no text, ...)."""
+        await self.bot.budget.acquire(bucket_key("send", message.channel.id))
+        try:
+            await message.reply(text, mention_author=False, allowed_mentions=NO_PINGS)
+        except discord.HTTPException as exc:
+            log.warning("could not send a notice in %s: %s", message.channel.id, exc)
+
+    async def answer(self, message: discord.Message, text: str) -> None:
+        speaker = Speaker(message.author.id, message.author.display_name)
+        place = place_of(message.channel)
+        renderer = ReplyRenderer(
+            DiscordSink(message), self.bot.budget, edit_interval=self.config.edit_interval
+        )
+        metrics = self.services.metrics
+        started = time.monotonic()
+        with metrics.stream():
+            try:
+                conversation = self.services.conversations
+                async with conversation.reply(place, speaker, text, message_id=message.id) as reply:
+                    async for delta in reply:
+                        renderer.push(delta)
+                await renderer.finish()
+                metrics.observe_final_edit(time.monotonic() - started)
+                if reply.outcome and reply.outcome.notes:
+                    await self.notice(message, "\n".join(f"-# {n}" for n in reply.outcome.notes))
+            except asyncio.CancelledError:
+                await renderer.fail(INTERRUPTED)
+                raise
+            except Exception as exc:
+                if not isinstance(exc, BotError):
+                    log.exception("reply in channel %s failed", message.channel.id)
+                await renderer.fail(f"⚠️ {user_message(exc)}")
+
+
+async def setup(bot: ChatBot) -> None:
+    await bot.add_cog(Chat(bot))
