@@ -1,0 +1,629 @@
+"""Stream LLM replies into Discord messages by progressive edits, within rate limits.
+
+Pure logic: Discord is reached through a `Sink` the glue implements, so this module is
+testable without Discord. Two pieces:
+
+* `RateBudget` - one per process. Every Discord request of every stream (send, edit,
+  typing) takes a grant from it first, so the bot stays under the global request rate
+  and under each route's bucket, and never sits blocked inside the HTTP library (where
+  a waiting request would hold stale text). When grants are scarce they go to the
+  stream whose visible text is the oldest, so 200 parallel replies all advance.
+* `ReplyRenderer` - one per reply. `push()` only appends; a background task shows the
+  newest text (never a queue of stale edits), at most one edit per message per
+  `edit_interval`, continues in a new message past the length limit, and on
+  `finish()` / `fail()` leaves every message with its final text and no marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from bot.splitter import DISCORD_LIMIT, IncrementalSplitter, Part
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+_T = TypeVar("_T")
+
+
+class Sink(Protocol):
+    """Where a reply is shown; implemented by the Discord glue (one per reply)."""
+
+    async def send(self, content: str, reply_to: object | None) -> object:
+        """Post a message; `reply_to` None means "reply to the user's message", else the
+        handle of the previous part. Returns a handle for `edit` and later replies."""
+        ...
+
+    async def edit(self, handle: object, content: str) -> None:
+        """Replace the content of a message this sink sent."""
+        ...
+
+    async def typing(self) -> None:
+        """Show the typing indicator in the reply's channel."""
+        ...
+
+    def bucket(self, kind: str) -> str:
+        """Rate-limit bucket key for "send", "edit" or "typing" (e.g. "edit:<channel>")."""
+        ...
+
+
+# --- rate budget -------------------------------------------------------------------------
+
+
+class _Waiter:
+    __slots__ = ("bucket", "fut", "priority")
+
+    def __init__(self, bucket: str, priority: float, fut: asyncio.Future[None]) -> None:
+        self.bucket = bucket
+        self.priority = priority
+        self.fut = fut
+
+
+class _Bucket:
+    """Pacing state of one rate-limit bucket."""
+
+    __slots__ = ("learned", "recent", "remaining", "reset_at")
+
+    def __init__(self, limit: int) -> None:
+        self.recent: deque[float] = deque(maxlen=limit)  # grant times, for the static rule
+        self.learned = False
+        self.remaining = 0
+        self.reset_at = 0.0
+
+
+class RateBudget:
+    """Process-wide request budget shared by all reply streams.
+
+    * Global: a token bucket of `rate` grants/s with `burst` tokens, so any 1-second
+      window holds at most ``rate + burst`` requests (Discord allows 50/s per bot).
+    * Per bucket: at most `bucket_limit` grants per `bucket_period` seconds (sliding
+      window) for buckets Discord has not told us about; once `observe` has seen a
+      bucket's headers, its remaining count and reset time rule instead, and
+      ``remaining == 0`` holds the bucket until the reset.
+    * Order: waiters are served by `priority`, lowest first. Streams pass the arrival
+      time of their oldest text not yet visible, typing passes the time it started
+      waiting, so the stalest stream goes first. A waiter whose bucket is closed does
+      not hold up the others.
+
+    A single dispatcher (`pump`, run on requests, observations and one timer) hands out
+    grants; nothing polls. `clock` is injectable for tests; with a fake clock call
+    `pump()` after moving it.
+    """
+
+    def __init__(
+        self,
+        rate: float = 40.0,
+        *,
+        burst: float = 5.0,
+        bucket_limit: int = 5,
+        bucket_period: float = 5.0,
+        margin: float = 0.05,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1 or bucket_limit < 1 or bucket_period <= 0:
+            raise ValueError("rate, burst, bucket_limit and bucket_period must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.bucket_limit = bucket_limit
+        self.bucket_period = bucket_period
+        self.margin = margin  # slack for request latency jitter between grant and Discord
+        self.clock = clock
+        self.granted = 0  # total grants, for tests and metrics
+        self._tokens = burst
+        self._stamp = clock()
+        self._hold_until = 0.0
+        self._ready: list[tuple[float, int, _Waiter]] = []  # by priority
+        self._parked: list[tuple[float, int, _Waiter]] = []  # bucket closed: by reopen time
+        self._buckets: dict[str, _Bucket] = {}
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    @property
+    def waiting(self) -> int:
+        """Number of requests waiting for a grant (including cancelled, not yet pruned)."""
+        return len(self._ready) + len(self._parked)
+
+    async def acquire(self, bucket: str, priority: float | None = None) -> None:
+        """Wait for a grant to make one request in `bucket`."""
+        now = self.clock()
+        if priority is None:
+            priority = now
+        if not self._ready and self._take(bucket, now):
+            return  # fast path: nobody waiting, no future needed
+        await self.request(bucket, priority)
+
+    def request(self, bucket: str, priority: float) -> asyncio.Future[None]:
+        """A future resolved when the grant is given; cancel it to withdraw the request."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        seq = next(self._seq)
+        heapq.heappush(self._ready, (priority, seq, _Waiter(bucket, priority, fut)))
+        self.pump()
+        return fut
+
+    def observe(self, bucket: str, remaining: int, reset_after: float) -> None:
+        """Learn a bucket's state from Discord's X-RateLimit-Remaining / -Reset-After."""
+        now = self.clock()
+        b = self._bucket(bucket)
+        reset_at = now + max(reset_after, 0.0) + self.margin
+        if b.learned and now < b.reset_at:
+            # Same window: grants made since that response are not counted by it yet.
+            b.remaining = min(b.remaining, remaining)
+            b.reset_at = max(b.reset_at, reset_at) if remaining <= 0 else reset_at
+        else:
+            b.learned, b.remaining, b.reset_at = True, remaining, reset_at
+        self.pump()
+
+    def observe_global(self, retry_after: float) -> None:
+        """A global 429: hold every grant for `retry_after` seconds."""
+        self._hold_until = max(self._hold_until, self.clock() + retry_after + self.margin)
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand out every grant possible now and arm the timer for the next one."""
+        now = self.clock()
+        self._refill(now)
+        parked, ready = self._parked, self._ready
+        while parked and parked[0][0] <= now:
+            _, seq, w = heapq.heappop(parked)
+            if not w.fut.done():
+                heapq.heappush(ready, (w.priority, seq, w))
+        while ready and now >= self._hold_until:
+            _, seq, w = ready[0]
+            if w.fut.done():  # cancelled by its owner
+                heapq.heappop(ready)
+                continue
+            opens = self._bucket_opens(w.bucket, now)
+            if opens > now:
+                heapq.heappop(ready)
+                heapq.heappush(parked, (opens, seq, w))
+                continue
+            if self._tokens < 1.0:
+                break
+            heapq.heappop(ready)
+            self._grant(w.bucket, now)
+            w.fut.set_result(None)
+        while ready and ready[0][2].fut.done():
+            heapq.heappop(ready)
+        wake = math.inf
+        if ready:
+            need = (1.0 - self._tokens) / self.rate if self._tokens < 1.0 else 0.0
+            wake = max(self._hold_until, now + need)
+        if parked:
+            wake = min(wake, max(parked[0][0], self._hold_until))
+        self._arm(wake, now)
+
+    def _arm(self, wake: float, now: float) -> None:
+        if wake == math.inf:
+            return
+        if self._timer is not None:
+            if self._timer_at <= wake:
+                return
+            self._timer.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # observe() outside a loop with nobody waiting: nothing to do
+            return
+        self._timer_at = wake
+        self._timer = loop.call_later(max(wake - now, 0.0) + 1e-4, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        self.pump()
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+
+    def _take(self, bucket: str, now: float) -> bool:
+        """Grant immediately if allowed (caller checked nobody waits)."""
+        if now < self._hold_until:
+            return False
+        self._refill(now)
+        if self._tokens < 1.0 or self._bucket_opens(bucket, now) > now:
+            return False
+        self._grant(bucket, now)
+        return True
+
+    def _grant(self, bucket: str, now: float) -> None:
+        self._tokens -= 1.0
+        self.granted += 1
+        b = self._bucket(bucket)
+        b.recent.append(now)
+        if b.learned and now < b.reset_at:
+            b.remaining -= 1
+        if self.granted % 4096 == 0:
+            self._prune(now)
+
+    def _bucket(self, key: str) -> _Bucket:
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(self.bucket_limit)
+        return b
+
+    def _bucket_opens(self, key: str, now: float) -> float:
+        """Earliest time a request in bucket `key` may be granted."""
+        b = self._buckets.get(key)
+        if b is None:
+            return now
+        if b.learned and now < b.reset_at:
+            return now if b.remaining > 0 else b.reset_at
+        if len(b.recent) >= self.bucket_limit:
+            return b.recent[0] + self.bucket_period + self.margin
+        return now
+
+    def _prune(self, now: float) -> None:
+        """Forget idle buckets so thousands of channels do not accumulate."""
+        horizon = self.bucket_period + self.margin
+        for key in [
+            k
+            for k, b in self._buckets.items()
+            if (not b.learned or b.reset_at < now)
+            and (not b.recent or b.recent[-1] + horizon < now)
+        ]:
+            del self._buckets[key]
+
+
+# --- renderer ----------------------------------------------------------------------------
+
+
+@dataclass
+class RenderStats:
+    """Counters of Sink calls made (attempts, including failed ones)."""
+
+    sends: int = 0
+    edits: int = 0
+    typing: int = 0
+    failures: int = 0
+    handles: list[object] = field(default_factory=list)
+
+
+@dataclass
+class _Message:
+    handle: object
+    shown: str  # content Discord has (as far as we know)
+    next_edit: float  # per-message edit pacing
+    failures: int = 0
+    dead: bool = False
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class ReplyRenderer:
+    """Shows one streamed reply as Discord messages, edited as the text grows.
+
+    `push()` is called by the LLM reader for every token and never waits; a render task
+    does all Sink calls, each after a grant from the shared `RateBudget`:
+
+    * typing every `typing_interval` s until the first text, then the first message at
+      once; later text by edits (newest text only, at most one edit per message per
+      `edit_interval`), with `marker` after the in-progress part;
+    * past `limit` the reply continues in a new message replying to the previous one
+      (split by `plan_split`); earlier parts get one final edit without the marker;
+    * a failing Sink call is retried with the newest text on a later cycle; after
+      `max_failures` consecutive failures that message is given up (a failed send ends
+      the stream), so `finish()` and `fail()` always return, at the latest after
+      `flush_timeout`.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        budget: RateBudget,
+        *,
+        edit_interval: float = 1.0,
+        limit: int = DISCORD_LIMIT,
+        marker: str = " ⏳",
+        typing_interval: float = 8.0,
+        call_timeout: float = 15.0,
+        max_failures: int = 3,
+        flush_timeout: float = 60.0,
+    ) -> None:
+        self.sink = sink
+        self.budget = budget
+        self.edit_interval = edit_interval
+        self.limit = limit
+        self.marker = marker
+        self.typing_interval = typing_interval
+        self.call_timeout = call_timeout
+        self.max_failures = max_failures
+        self.flush_timeout = flush_timeout
+        self.stats = RenderStats()
+        self._clock = budget.clock
+        self._splitter = IncrementalSplitter(limit)
+        self._chunks: list[str] = []
+        self._length = 0
+        self._parts: list[Part] = []
+        self._desired: list[str] = []
+        self._desired_key: tuple[int, bool] = (-1, False)
+        self._msgs: list[_Message] = []
+        self._closing = False
+        self._note: str | None = None
+        self._broken = False
+        self._send_failures = 0
+        self._next_send = 0.0
+        self._unseen_since: float | None = None  # arrival of the oldest text not yet shown
+        self._since_snapshot: float | None = None  # arrival of the oldest text after a snapshot
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_len = 0  # push wakes the task only once the text is longer than this
+        self._task: asyncio.Task[None] | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # started by the first push/finish/fail
+        else:
+            self._start()
+
+    # -- public API --
+
+    @property
+    def text(self) -> str:
+        """Everything pushed so far."""
+        return self._text()
+
+    @property
+    def contents(self) -> list[str]:
+        """What each sent message shows now (as far as Discord acknowledged)."""
+        return [m.shown for m in self._msgs]
+
+    @property
+    def done(self) -> bool:
+        """True once the render task has ended."""
+        return self._task is not None and self._task.done()
+
+    def push(self, delta: str) -> None:
+        """Append streamed text. Cheap and never waits: the render task picks it up."""
+        if not delta or self._closing:
+            return
+        self._chunks.append(delta)
+        self._length += len(delta)
+        if self._since_snapshot is None:
+            now = self._clock()
+            self._since_snapshot = now
+            if self._unseen_since is None:
+                self._unseen_since = now
+        w = self._waiter
+        if w is not None and self._length > self._wake_len and not w.done():
+            w.set_result(None)
+        if self._task is None:
+            self._start()
+
+    async def finish(self) -> None:
+        """Flush: every message ends with its final part and no marker."""
+        await self._close(None)
+
+    async def fail(self, note: str) -> None:
+        """End the reply with `note` (e.g. "⚠️ The model stopped answering.") in place of
+        the marker, in a message of its own if it does not fit."""
+        await self._close(note.strip() or None)
+
+    def abort(self) -> None:
+        """Stop at once without final edits (shutdown)."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- internals --
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _close(self, note: str | None) -> None:
+        if not self._closing:
+            self._closing = True
+            self._note = note
+        if self._task is None:
+            self._start()
+        task = self._task
+        assert task is not None
+        self._wake()
+        done, _ = await asyncio.wait({task}, timeout=self.flush_timeout)
+        if not done:
+            log.warning("reply renderer did not flush within %.0f s; giving up", self.flush_timeout)
+            task.cancel()
+            await asyncio.wait({task})
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    def _text(self) -> str:
+        chunks = self._chunks
+        if len(chunks) > 1:
+            chunks[:] = ["".join(chunks)]
+        return chunks[0] if chunks else ""
+
+    def _plan(self) -> list[str]:
+        """Desired content of every message for the newest text (cached per length)."""
+        key = (self._length, self._closing)
+        if key == self._desired_key:
+            return self._desired
+        parts = self._parts = self._splitter.split(self._text())
+        out = [p.body for p in parts]
+        if not self._closing:
+            if parts:
+                last = parts[-1]
+                out[-1] = self._fit(last.body + last.closer + self.marker, last.body + last.closer)
+        elif self._note is not None:
+            note = self._note[: self.limit]
+            if not parts:
+                out = [note]
+            else:
+                last = parts[-1]
+                closed = self._fit(last.body + last.closer)
+                joined = closed + "\n\n" + note
+                if len(joined) <= self.limit:
+                    out[-1] = joined
+                else:
+                    out[-1] = closed
+                    out.append(note)
+        self._desired, self._desired_key = out, key
+        return out
+
+    def _fit(self, *candidates: str) -> str:
+        """First candidate within the limit, else the plain body (always fits)."""
+        for c in candidates:
+            if len(c) <= self.limit:
+                return c
+        return self._parts[-1].body
+
+    async def _run(self) -> None:
+        try:
+            await self._typing_phase()
+            while not self._broken:
+                now = self._clock()
+                action = self._next_action(now)
+                if isinstance(action, tuple):
+                    await self._perform(*action)
+                    continue
+                if self._closing and action == math.inf:
+                    break  # everything shown (or given up)
+                action, wake_len = self._wake_condition(now, action)
+                await self._sleep(action, wake_len)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reply renderer crashed")
+
+    async def _typing_phase(self) -> None:
+        """Typing indicator until the first text, through the budget like any request."""
+        while self._length == 0 and not self._closing:
+            grant = self.budget.request(self.sink.bucket("typing"), self._clock())
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            self._wake_len = 0
+            try:
+                await asyncio.wait((grant, waiter), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._waiter = None
+                if not grant.done():
+                    grant.cancel()
+            if self._length or self._closing:
+                return
+            self.stats.typing += 1
+            await self._call(self.sink.typing())
+            await self._sleep(self._clock() + self.typing_interval, 0)
+
+    def _next_action(self, now: float) -> tuple[str, int] | float:
+        """The next request to make now, or the time one becomes possible (inf: none)."""
+        desired = self._plan()
+        due = math.inf
+        for i, msg in enumerate(self._msgs):
+            if msg.dead or msg.shown == desired[i]:
+                continue
+            if now >= msg.next_edit:
+                return ("edit", i)
+            due = min(due, msg.next_edit)
+        if len(self._msgs) < len(desired):
+            if now >= self._next_send:
+                return ("send", len(self._msgs))
+            due = min(due, self._next_send)
+        return due
+
+    def _wake_condition(self, now: float, due: float) -> tuple[float, int]:
+        """When to wake up: at `due`, or earlier on text growth that gives work to do.
+
+        Pushes (one per token) only wake the task when it could act on them: when the
+        newest message is up to date and may be edited now, or when the text may have
+        grown into a new part (sends are not paced per message).
+        """
+        parts, msgs = self._parts, self._msgs
+        if not parts:
+            return due, self._length
+        last = parts[-1]
+        wake_len = last.start + self.limit - len(last.prefix)
+        desired = self._desired
+        if msgs and len(msgs) == len(desired) and msgs[-1].shown == desired[-1]:
+            if msgs[-1].next_edit <= now:
+                wake_len = self._length
+            else:
+                due = min(due, msgs[-1].next_edit)  # then check for growth
+        return due, wake_len
+
+    async def _sleep(self, until: float, wake_len: int) -> None:
+        """Wait until `until`, a finish/fail, or the text growing past `wake_len`."""
+        loop = asyncio.get_running_loop()
+        fut = self._waiter = loop.create_future()
+        self._wake_len = wake_len
+        handle = None
+        if until != math.inf:
+            handle = loop.call_later(max(until - self._clock(), 0.0), _resolve, fut)
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _perform(self, kind: str, index: int) -> None:
+        priority = self._unseen_since if self._unseen_since is not None else self._clock()
+        await self.budget.acquire(self.sink.bucket(kind), priority)
+        desired = self._plan()  # the newest text, whatever arrived while waiting
+        content = desired[index]
+        now = self._clock()
+        if kind == "edit" and self._msgs[index].shown == content:
+            return  # nothing to change any more (the grant is simply not used)
+        self._since_snapshot = None  # text pushed from now on is not in this request
+        if kind == "edit":
+            msg = self._msgs[index]
+            msg.next_edit = now + self.edit_interval
+            self.stats.edits += 1
+            ok, _ = await self._call(self.sink.edit(msg.handle, content))
+            if ok:
+                msg.shown, msg.failures = content, 0
+            else:
+                msg.failures += 1
+                msg.next_edit = now + self.edit_interval * msg.failures
+                if msg.failures >= self.max_failures:
+                    msg.dead = True
+                    log.warning(
+                        "giving up editing reply message %d after %d failures",
+                        index + 1,
+                        msg.failures,
+                    )
+                return
+        else:
+            reply_to = self._msgs[index - 1].handle if index else None
+            self.stats.sends += 1
+            ok, handle = await self._call(self.sink.send(content, reply_to))
+            if not ok:
+                self._send_failures += 1
+                self._next_send = now + self.edit_interval * self._send_failures
+                if self._send_failures >= self.max_failures:
+                    self._broken = True
+                    log.warning(
+                        "giving up the reply: sending message %d failed %d times",
+                        index + 1,
+                        self._send_failures,
+                    )
+                return
+            self._send_failures = 0
+            self._msgs.append(_Message(handle, content, now + self.edit_interval))
+            self.stats.handles.append(handle)
+        if len(self._msgs) == len(desired) and all(
+            m.shown == d for m, d in zip(self._msgs, desired, strict=True)
+        ):
+            self._unseen_since = self._since_snapshot  # all shown up to the snapshot
+
+    async def _call(self, coro: Coroutine[Any, Any, _T]) -> tuple[bool, _T | None]:
+        """Run one Sink call; errors and hangs are logged and reported, never raised."""
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                return True, await coro
+        except Exception as exc:  # the Sink is outside our control
+            self.stats.failures += 1
+            log.warning("reply sink call failed: %s: %s", type(exc).__name__, exc)
+            return False, None
