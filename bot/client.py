@@ -170,6 +170,9 @@ class ChatBot(commands.AutoShardedBot):
                 "Privileged Gateway Intents -> Message Content Intent."
             )
 
+    async def on_message(self, message: discord.Message) -> None:
+        """No text commands: the Chat cog answers messages; this stops commands.Bot's parser."""
+
     async def on_ready(self) -> None:
         log.info(
             "connected as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"),
