@@ -84,17 +84,18 @@ class BotTree(app_commands.CommandTree["ChatBot"]):
         cause: BaseException = error
         if isinstance(error, app_commands.CommandInvokeError):
             cause = error.original
+        await self.report(interaction, cause)
+
+    async def report(self, interaction: discord.Interaction[Any], cause: BaseException) -> None:
+        """Tell the user what went wrong; used by commands and by modals."""
         if isinstance(cause, app_commands.MissingPermissions):
             needed = ", ".join(p.replace("_", " ").title() for p in cause.missing_permissions)
             cause = PermissionDenied(needed)
         elif isinstance(cause, app_commands.NoPrivateMessage):
             cause = BotError("That command only works in a server.")
         if not isinstance(cause, BotError):
-            log.error(
-                "command /%s failed",
-                interaction.command.qualified_name if interaction.command else "?",
-                exc_info=cause,
-            )
+            name = interaction.command.qualified_name if interaction.command else "?"
+            log.error("command /%s failed", name, exc_info=cause)
         await send_ephemeral(interaction, user_message(cause))
 
 

@@ -73,8 +73,10 @@ def redis_client(url: str) -> aioredis.Redis:
     return aioredis.from_url(
         url,
         decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=10,
+        # Short: a slash command has 3 s to answer, and Redis answers in milliseconds
+        # when it is healthy; a hung Redis should become "memory unavailable" quickly.
+        socket_connect_timeout=2,
+        socket_timeout=2.5,
         health_check_interval=30,
         retry_on_timeout=False,
     )

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import ChatBot, place_of, require
+from bot.client import BotTree, ChatBot, place_of, require
 from bot.errors import BotError
 from bot.personas import PersonaService
 
@@ -55,10 +55,9 @@ class PersonaModal(discord.ui.Modal, title="Set the persona"):
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction[ChatBot], error: Exception
     ) -> None:
-        await interaction.client.tree.on_error(
-            interaction,
-            app_commands.CommandInvokeError(None, error),  # type: ignore[arg-type]
-        )
+        tree = interaction.client.tree
+        assert isinstance(tree, BotTree)
+        await tree.report(interaction, error)
 
 
 @app_commands.default_permissions(manage_channels=True)

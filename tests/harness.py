@@ -122,7 +122,7 @@ class BotHarness:
             channel or self.channel, author or self.user, text, **kwargs
         )
 
-    async def settle(self, timeout: float = 20) -> None:
+    async def settle(self, timeout: float = 20) -> None:  # noqa: ASYNC109
         """Wait until every reply in progress has finished (final edits included)."""
         assert self.bot is not None
         loop = asyncio.get_running_loop()
@@ -170,7 +170,7 @@ class BotHarness:
         )
         return record
 
-    async def wait(self, predicate: Callable[[], Any], timeout: float = 10) -> Any:
+    async def wait(self, predicate: Callable[[], Any], timeout: float = 10) -> Any:  # noqa: ASYNC109
         return await self.discord.wait_for(predicate, timeout=timeout)
 
 

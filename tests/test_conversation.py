@@ -91,8 +91,8 @@ async def test_memory_across_turns_with_speakers(services: Services, llm: LLMSta
         "Bob: and I am Bob",
     ]
     history = await services.store.history(HERE.channel_id)
-    assert [(t.role, t.author_name, t.message_id is None) for t in history] == [
-        ("user", "Ann", True), ("assistant", None, True), ("user", "Bob", True), ("assistant", None, True)
+    assert [(t.role, t.author_name) for t in history] == [
+        ("user", "Ann"), ("assistant", None), ("user", "Bob"), ("assistant", None)
     ]  # fmt: skip
 
 
