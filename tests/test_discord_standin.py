@@ -21,10 +21,7 @@ import discord
 import pytest
 from discord import app_commands
 
-try:  # `tests` is a package in some layouts and a rootdir-relative folder in others
-    from tests.standin import DiscordStandIn, RateLimits
-except ImportError:  # pragma: no cover - depends on how pytest sets sys.path
-    from standin import DiscordStandIn, RateLimits
+from tests.standin import DiscordStandIn, RateLimits
 
 TOKEN = "test-bot-token"
 

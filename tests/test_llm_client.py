@@ -36,21 +36,12 @@ from bot.errors import (
     user_message,
 )
 from bot.llm import ChatStream, LLMClient, Usage, classify_http_error, parse_retry_after
-
-try:  # `tests` is a package in some layouts and a rootdir-relative folder in others
-    from tests.standin.llm_api import (
-        CONTEXT_LENGTH_LLAMACPP,
-        CONTEXT_LENGTH_OPENAI,
-        Behavior,
-        LLMStandIn,
-    )
-except ImportError:  # pragma: no cover - depends on how pytest sets sys.path
-    from standin.llm_api import (  # type: ignore[no-redef]
-        CONTEXT_LENGTH_LLAMACPP,
-        CONTEXT_LENGTH_OPENAI,
-        Behavior,
-        LLMStandIn,
-    )
+from tests.standin.llm_api import (
+    CONTEXT_LENGTH_LLAMACPP,
+    CONTEXT_LENGTH_OPENAI,
+    Behavior,
+    LLMStandIn,
+)
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
