@@ -39,7 +39,8 @@ EXTRA = [
     "Können Sie mir bitte erklären, wie die Speicherverwaltung in Rust funktioniert?",
     "東京で一番おいしいラーメン屋はどこですか？",
     "```python\nfor i in range(10):\n    print(f'{i:>3} {i**2:>5}')\n```\nwhy does this align?",
-    "SELECT user_id, COUNT(*) FROM messages WHERE created_at > NOW() - INTERVAL '7 days' GROUP BY 1;",
+    "SELECT user_id, COUNT(*) FROM messages\n"
+    "WHERE created_at > NOW() - INTERVAL '7 days' GROUP BY 1;",
     "ok",
     "thanks!",
     "can you summarise the conversation so far in three bullet points?",
