@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import SimpleNamespace
 from typing import Any
 
@@ -123,6 +123,10 @@ class ChatBot(commands.AutoShardedBot):
         intents.message_content = True
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(self._on_http_response)
+        # The bot never joins voice: skip discord.py's start-up warnings about the missing
+        # voice libraries (PyNaCl, davey), which would be the only warnings of a healthy start.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
         shard_kwargs: dict[str, Any] = {}
         if config.shard_count:
             shard_kwargs["shard_count"] = config.shard_count
@@ -144,6 +148,16 @@ class ChatBot(commands.AutoShardedBot):
         # Replies in progress, so shutdown can let them finish or end them cleanly.
         self.active_replies: set[asyncio.Task[None]] = set()
         self.accepting = True
+        # True once every shard of this process has connected; `after_launch` is then
+        # called (the runner uses it to honour a stop asked for during the start).
+        self.launched = False
+        self.after_launch: Callable[[], None] | None = None
+
+    async def launch_shards(self) -> None:
+        await super().launch_shards()
+        self.launched = True
+        if self.after_launch is not None:
+            self.after_launch()
 
     def start_reply(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

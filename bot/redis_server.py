@@ -5,11 +5,18 @@ ships a compiled redis-server binary; we start it with AOF persistence under a d
 directory, talk to it over a private unix socket (no TCP port to collide with or
 expose), and stop it with SIGTERM so Redis flushes the AOF before exiting.
 The test suite uses this same class, so tests hit a real Redis too.
+
+One data directory, one server: the owner holds an exclusive lock on the directory for
+as long as its server runs, so a second bot pointed at the same `redis.data_dir` stops
+with a clear message instead of a second redis-server appending to the same AOF. The
+directory also records the running server's socket; a server left behind by a bot that
+was killed (SIGKILL, out of memory) is shut down properly (AOF flushed) by the next start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -20,7 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no directory lock
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "embedded-redis.lock"
+# The running server's unix socket path, so a later start can find a leftover server.
+SOCKET_FILE = "embedded-redis.socket"
 
 
 class RedisServerError(RuntimeError):
@@ -62,6 +78,7 @@ class EmbeddedRedis:
         self._sock_dir = Path(tempfile.mkdtemp(prefix="llmbot-redis-"))
         self.socket_path = self._sock_dir / "redis.sock"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -78,7 +95,75 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RedisServerError(
+                f"cannot create the data directory {self.data_dir} ({exc.strerror}); "
+                "set redis.data_dir to a writable directory"
+            ) from exc
+        self._lock_data_dir()
+        try:
+            self._stop_leftover()
+            self._spawn(timeout)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
+
+    def _lock_data_dir(self) -> None:
+        if fcntl is None or self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RedisServerError(
+                f"cannot write to the data directory {self.data_dir} ({exc.strerror})"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise RedisServerError(
+                    f"the data directory {self.data_dir} is in use by another bot process; "
+                    "give each process its own redis.data_dir, or let them share one Redis "
+                    "through redis.url"
+                ) from exc
+            raise
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _stop_leftover(self) -> None:
+        """Shut down a server an earlier owner of this directory left running."""
+        record = self.data_dir / SOCKET_FILE
+        try:
+            old_socket = Path(record.read_text().strip())
+        except OSError:
+            return
+        if str(old_socket) and _ping(old_socket):
+            log.warning("stopping an embedded Redis left running by an earlier bot process")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                s.connect(str(old_socket))
+                s.sendall(b"SHUTDOWN\r\n")  # flushes the AOF, then exits
+                s.recv(64)  # the server closes the connection as it goes
+            deadline = time.monotonic() + 10
+            while _ping(old_socket):
+                if time.monotonic() > deadline:
+                    raise RedisServerError(
+                        f"an earlier embedded Redis still runs on {self.data_dir} "
+                        f"(socket {old_socket}) and did not shut down"
+                    )
+                time.sleep(0.05)
+        if old_socket.parent.name.startswith("llmbot-redis-"):
+            shutil.rmtree(old_socket.parent, ignore_errors=True)
+        record.unlink(missing_ok=True)
+
+    def _spawn(self, timeout: float) -> None:
         if self.socket_path.exists():
             self.socket_path.unlink()
         args = [
@@ -105,7 +190,8 @@ class EmbeddedRedis:
                 raise RedisServerError(
                     f"redis-server exited at start; see {self.data_dir / 'redis.log'} {err}".strip()
                 )
-            if self._ping():
+            if _ping(self.socket_path):
+                (self.data_dir / SOCKET_FILE).write_text(f"{self.socket_path}\n")
                 log.info("embedded Redis ready (data in %s)", self.data_dir)
                 return
             time.sleep(0.02)
@@ -113,19 +199,13 @@ class EmbeddedRedis:
         raise RedisServerError(f"redis-server did not answer within {timeout:.0f} s")
 
     def _ping(self) -> bool:
-        if not self.socket_path.exists():
-            return False
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(0.5)
-            s.connect(str(self.socket_path))
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-        return False
+        return _ping(self.socket_path)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop: SIGTERM makes Redis fsync the AOF and exit."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
+            self._forget()
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -137,7 +217,15 @@ class EmbeddedRedis:
         finally:
             if proc.stderr:
                 proc.stderr.close()
+            self._forget()
         log.info("embedded Redis stopped")
+
+    def _forget(self) -> None:
+        """The server is gone: drop its socket record and the directory lock."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                (self.data_dir / SOCKET_FILE).unlink(missing_ok=True)
+        self._unlock_data_dir()
 
     def kill(self) -> None:
         """Abrupt stop (SIGKILL), as a crash would; used by fault tests."""
@@ -147,6 +235,7 @@ class EmbeddedRedis:
             proc.wait()
         if proc is not None and proc.stderr:
             proc.stderr.close()
+        self._forget()
 
     def cleanup(self) -> None:
         """Stop the server and remove the private socket dir (the data dir stays)."""
@@ -159,3 +248,15 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def _ping(path: Path) -> bool:
+    """Whether a Redis server answers PING on the unix socket `path`."""
+    if not path.exists():
+        return False
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.5)
+        s.connect(str(path))
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+    return False

@@ -28,7 +28,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -110,6 +110,10 @@ DEFAULT_ROUTE_LIMITS: dict[str, tuple[int, float]] = {
     "POST /webhooks/{webhook_id}/{webhook_token}": (5, 2.0),
     "PATCH /webhooks/{webhook_id}/{webhook_token}/messages/{message_id}": (5, 2.0),
 }
+
+# Application flags Discord reports for an unverified app whose privileged intents are
+# switched on in the Developer Portal (presence, server members, message content).
+APP_FLAGS_PRIVILEGED_LIMITED = (1 << 13) | (1 << 15) | (1 << 19)
 
 MAJOR_PARAMETERS = ("channel_id", "guild_id", "webhook_id", "webhook_token")
 ALLOWED_CREATE_FLAGS = (1 << 2) | (1 << 12) | (1 << 15)  # suppress embeds/notifications, v2
@@ -357,7 +361,8 @@ class DiscordStandIn:
     how long its token works for followups and edits.  ``dispatch_own_messages`` echoes
     the bot's messages back as MESSAGE_CREATE, as Discord does.  With
     ``privileged_intents_allowed=False`` an IDENTIFY asking for members/presences/message
-    content is closed with 4014, like an app without those intents enabled.
+    content is closed with 4014, like an app without those intents enabled; the
+    application's ``flags`` (``GET /applications/@me``, READY) tell the same story.
     """
 
     def __init__(
@@ -825,11 +830,14 @@ class DiscordStandIn:
         reference: int | None = None,
         attachments: Iterable[tuple[str, bytes] | tuple[str, bytes, str] | dict[str, Any]] = (),
         embeds: Iterable[dict[str, Any]] = (),
+        session_id: str | None = None,
     ) -> MessageRecord:
         """A user posts a message: stored, then MESSAGE_CREATE goes to the gateways.
 
         ``<@id>`` mentions in ``content`` are found automatically; ``mentions`` adds more.
         ``attachments`` are ``(filename, bytes[, content_type])`` served by this server.
+        ``session_id`` delivers the event to that gateway session only (when it would get
+        it at all), e.g. to spread one channel's messages over two bot processes.
         """
         await self.flush()
         channel = self._channel(channel_id)
@@ -862,7 +870,8 @@ class DiscordStandIn:
             msg.referenced_message_id = reference
             msg.message_reference = self._reference_payload(ref)
         self._store_message(msg)
-        await self._dispatch_message_event("MESSAGE_CREATE", msg)
+        only = None if session_id is None else {session_id}
+        await self._dispatch_message_event("MESSAGE_CREATE", msg, session_ids=only)
         return msg
 
     async def dispatch_edit(self, message_id: int, content: str) -> MessageRecord:
@@ -900,10 +909,19 @@ class DiscordStandIn:
         self.gateway.invalidate_sessions()
 
     async def dispatch_event(
-        self, event: str, data: dict[str, Any], *, guild_id: int | None = None
+        self,
+        event: str,
+        data: dict[str, Any],
+        *,
+        guild_id: int | None = None,
+        session_id: str | None = None,
     ) -> list[str]:
-        """Send any raw dispatch event (escape hatch for events without a helper)."""
-        return await self.gateway.dispatch(event, data, guild_id=guild_id)
+        """Send any raw dispatch event (escape hatch for events without a helper).
+
+        ``session_id`` delivers it to that gateway session only.
+        """
+        only = None if session_id is None else {session_id}
+        return await self.gateway.dispatch(event, data, guild_id=guild_id, session_ids=only)
 
     # ----------------------------------------------------------------------------------
     # Test-side interactions
@@ -1428,6 +1446,11 @@ class DiscordStandIn:
     def identifies(self) -> list[IdentifyRecord]:
         return self.gateway.identifies
 
+    @property
+    def application_flags(self) -> int:
+        """The app's flags: the privileged intents' "limited" bits when they are allowed."""
+        return APP_FLAGS_PRIVILEGED_LIMITED if self.gateway.privileged_intents_allowed else 0
+
     # ----------------------------------------------------------------------------------
     # Gateway host hooks
     # ----------------------------------------------------------------------------------
@@ -1442,7 +1465,7 @@ class DiscordStandIn:
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.resume_gateway_url,
-            "application": {"id": str(self.application_id), "flags": 0},
+            "application": {"id": str(self.application_id), "flags": self.application_flags},
             "private_channels": [],
             "relationships": [],
             "presences": [],
@@ -2083,7 +2106,9 @@ class DiscordStandIn:
                 data["member"] = member.payload(None)
         return data
 
-    async def _dispatch_message_event(self, event: str, msg: MessageRecord) -> list[str]:
+    async def _dispatch_message_event(
+        self, event: str, msg: MessageRecord, *, session_ids: Collection[str] | None = None
+    ) -> list[str]:
         """MESSAGE_CREATE/UPDATE, filtered like Discord (intents, visibility, content)."""
         if msg.ephemeral:
             return []
@@ -2112,7 +2137,7 @@ class DiscordStandIn:
             return blank
 
         delivered = await self.gateway.dispatch(
-            event, for_session, guild_id=msg.guild_id, intent=intent
+            event, for_session, guild_id=msg.guild_id, intent=intent, session_ids=session_ids
         )
         if event == "MESSAGE_CREATE":
             msg.delivered_to = delivered
@@ -2349,7 +2374,7 @@ class DiscordStandIn:
             "verify_key": "0" * 64,
             "owner": self.owner_user.payload(),
             "team": None,
-            "flags": 0,
+            "flags": self.application_flags,
             "bot": self.bot_user.payload(),
             "rpc_origins": [],
             "tags": [],

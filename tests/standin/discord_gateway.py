@@ -16,7 +16,7 @@ import secrets
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -368,16 +368,21 @@ class Gateway:
         *,
         guild_id: int | None = None,
         intent: int | None = None,
+        session_ids: Collection[str] | None = None,
     ) -> list[str]:
         """Send ``event`` to every session that would get it from Discord.
 
         ``data`` may be a function of the session (to blank content for a session without
         the message-content intent, say) returning None to skip that session.  Sessions
         whose socket is down still get a sequence number, so a RESUME replays the event.
+        ``session_ids`` narrows delivery to those sessions (e.g. two processes that both
+        hold a guild's shard, each seeing part of a channel's messages).
         Returns the ids of the sessions the event was given to.
         """
         delivered: list[str] = []
         for session in self.live_sessions():
+            if session_ids is not None and session.session_id not in session_ids:
+                continue
             if not session.wants_guild(guild_id):
                 continue
             if intent is not None and not session.has_intent(intent):
