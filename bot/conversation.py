@@ -9,6 +9,7 @@ write, only when the reply completed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -247,17 +248,22 @@ class Reply:
             await self.s.store.record_usage(self._usage_record(usage))
 
     def _note_failure(self, exc: BaseException) -> None:
+        # A cancelled reply (shutdown) is expected, not a bug: no ERROR, no traceback.
+        expected = isinstance(exc, BotError | asyncio.CancelledError)
         kind = getattr(exc, "kind", None) or (
-            "memory" if isinstance(exc, MemoryUnavailable) else type(exc).__name__
+            "memory"
+            if isinstance(exc, MemoryUnavailable)
+            else "interrupted"
+            if isinstance(exc, asyncio.CancelledError)
+            else type(exc).__name__
         )
         if self.s.metrics and self._started:
             self.s.metrics.reply_failed(kind)
-        level = logging.INFO if isinstance(exc, BotError) else logging.ERROR
         log.log(
-            level,
+            logging.INFO if expected else logging.ERROR,
             "reply channel=%s failed kind=%s after=%.2fs",
             self.place.channel_id,
             kind,
             time.monotonic() - self._started if self._started else 0.0,
-            exc_info=not isinstance(exc, BotError),
+            exc_info=not expected,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,17 @@ class MessageFacts:
     mentions_bot: bool = False
     replies_to_bot: bool = False
     has_text: bool = True
+
+
+# Characters that render as nothing although they are not whitespace: the Hangul and
+# Halfwidth Hangul fillers and the blank Braille pattern (format characters such as
+# zero-width spaces, joiners and bidi controls are found by their category, Cf).
+_BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether `text` shows anything: not only whitespace, zero-width or bidi controls."""
+    return any(not (c.isspace() or c in _BLANKS or unicodedata.category(c) == "Cf") for c in text)
 
 
 def is_allowed_place(facts: MessageFacts, config: DiscordConfig) -> bool:

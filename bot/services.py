@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -69,9 +70,35 @@ async def wait_for_redis(
             delay = min(delay * 2, 10)
 
 
+async def _finish_even_if_cancelled(work: Coroutine[Any, Any, None]) -> None:
+    """Await `work` (a thread's job) to its end even when the caller is cancelled.
+
+    A cancelled `to_thread` await returns at once while the thread carries on: a SIGTERM
+    during start-up would unwind before `EmbeddedRedis.start` had recorded its process,
+    and the cleanup would find nothing to stop. Let the start finish, then re-raise.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(task), 30)
+        raise
+
+
+# A burst of replies (hundreds of channels at once) can need more connections at the
+# same instant than the pool holds; they then wait briefly for a free one instead of
+# failing at once with MaxConnectionsError, which people would see as "memory unavailable"
+# although Redis is fine.
+REDIS_MAX_CONNECTIONS = 64
+REDIS_POOL_WAIT_S = 2.5
+
+
 def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_POOL_WAIT_S,
         decode_responses=True,
         # Short: a slash command has 3 s to answer, and Redis answers in milliseconds
         # when it is healthy; a hung Redis should become "memory unavailable" quickly.
@@ -80,6 +107,7 @@ def redis_client(url: str) -> aioredis.Redis:
         health_check_interval=30,
         retry_on_timeout=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @contextlib.asynccontextmanager
@@ -92,8 +120,8 @@ async def open_services(
         url = config.redis.url
         if not url:
             embedded = EmbeddedRedis(Path(config.redis.data_dir))
-            await asyncio.to_thread(embedded.start)
             stack.callback(embedded.cleanup)
+            await _finish_even_if_cancelled(asyncio.to_thread(embedded.start))
             url = embedded.url
         client = redis_client(url)
         stack.push_async_callback(client.aclose)

@@ -36,6 +36,24 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Append a turn's messages unless the channel was reset since the turn loaded its history
+# (the epoch changed): a /reset while a reply streams must not be undone by its commit.
+# An epoch key that expired since (a day after the reset) counts as unchanged.
+# KEYS: history, epoch. ARGV: epoch at load ("" if none), max turns, TTL s (0: keep), turns.
+_APPEND = """
+local epoch = redis.call('get', KEYS[2])
+if epoch and epoch ~= ARGV[1] then
+  return {0, redis.call('llen', KEYS[1])}
+end
+for i = 4, #ARGV do redis.call('rpush', KEYS[1], ARGV[i]) end
+redis.call('ltrim', KEYS[1], -tonumber(ARGV[2]), -1)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('expire', KEYS[1], ARGV[3])
+else
+  redis.call('persist', KEYS[1])
+end
+return {1, redis.call('llen', KEYS[1])}
+"""
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
@@ -60,6 +78,10 @@ class Keys:
 
     def chat_mode(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:chat"
+
+    def epoch(self, channel_id: int) -> str:
+        """A counter bumped by /reset (no text), so a turn can tell it was reset."""
+        return f"{self.prefix}:{{c{channel_id}}}:epoch"
 
     def channel_persona(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:persona"
@@ -123,6 +145,9 @@ class Store:
         # In-process FIFO per channel: the Redis lock then almost never sees contention
         # from this process, and waiters here are served strictly in arrival order.
         self._local_locks: dict[int, _LocalLock] = {}
+        # Channel locks this process holds no more but could not release (Redis was down):
+        # the next turn in the channel frees them first instead of waiting out the lease.
+        self._unreleased: dict[int, str] = {}
         self.round_trips = 0  # counted for tests and benchmarks
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -175,18 +200,28 @@ class Store:
         deadline = time.monotonic() + max_wait
         delay = 0.05
         while True:
+            stale = self._unreleased.get(place.channel_id)
 
-            async def load() -> list[Any]:
+            async def load(stale: str | None = stale) -> list[Any]:
                 async with self.redis.pipeline(transaction=False) as pipe:
+                    if stale is not None:  # only deletes the lock if it is still that one
+                        pipe.eval(_RELEASE, 1, k.lock(place.channel_id), stale)
                     pipe.set(k.lock(place.channel_id), lock.token, nx=True, px=self.lock_lease_ms)
                     pipe.lrange(k.history(place.channel_id), 0, -1)
                     pipe.hmget(k.usage("user", user_id, utc_day()), "prompt", "completion")
+                    pipe.get(k.epoch(place.channel_id))
                     self._queue_personas(pipe, place)
                     return await pipe.execute()
 
-            got, raw_history, usage, *personas = await self._call(load)
+            results = await self._call(load)
+            if stale is not None:
+                results = results[1:]
+                if self._unreleased.get(place.channel_id) == stale:
+                    del self._unreleased[place.channel_id]
+            got, raw_history, usage, epoch, *personas = results
             if got:
                 lock.held = True
+                lock.epoch = epoch or ""
                 return Loaded(
                     history=[Turn.from_json(r) for r in raw_history],
                     personas=self._parse_personas(personas, place),
@@ -212,19 +247,28 @@ class Store:
 
         async def write() -> list[Any]:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(hist, *(t.to_json() for t in turns))
-                pipe.ltrim(hist, -self.max_turns, -1)
-                if self.retention_s:
-                    pipe.expire(hist, self.retention_s)
-                else:
-                    pipe.persist(hist)
+                pipe.eval(
+                    _APPEND,
+                    2,
+                    hist,
+                    k.epoch(place.channel_id),
+                    lock.epoch,
+                    self.max_turns,
+                    self.retention_s,
+                    *(t.to_json() for t in turns),
+                )
                 self._add_usage(pipe, usage)
                 pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
                 return await pipe.execute()
 
         result = await self._call(write)
         lock.held = False
-        return min(int(result[0]), self.max_turns)
+        appended, length = result[0]
+        if not int(appended):
+            log.info(
+                "channel=%s was reset while answering: the exchange is not kept", place.channel_id
+            )
+        return int(length)
 
     async def record_usage(self, usage: UsageRecord) -> None:
         """Count tokens of a reply that failed part-way: they were spent all the same."""
@@ -259,12 +303,15 @@ class Store:
 
     async def reset(self, channel_id: int) -> int:
         """Forget a channel's conversation (its persona stays). Returns turns removed."""
-        hist = self.keys.history(channel_id)
+        hist, epoch = self.keys.history(channel_id), self.keys.epoch(channel_id)
 
         async def clear() -> list[Any]:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.llen(hist)
                 pipe.delete(hist)
+                # A reply streaming now will see the new epoch and not write its turns back.
+                pipe.incr(epoch)
+                pipe.expire(epoch, DAY)
                 return await pipe.execute()
 
         return int((await self._call(clear))[0])
@@ -342,9 +389,11 @@ class TurnLock:
 
     def __init__(self, store: Store, channel_id: int, token: str) -> None:
         self.store = store
+        self.channel_id = channel_id
         self.key = store.keys.lock(channel_id)
         self.token = token
         self.held = False
+        self.epoch = ""  # the channel's reset epoch when the turn loaded its history
         self._renewer: asyncio.Task[None] | None = None
 
     def start_renewing(self) -> None:
@@ -376,8 +425,11 @@ class TurnLock:
             try:
                 await self.store._release(keys=[self.key], args=[self.token])
             except (redis.exceptions.RedisError, OSError) as exc:
-                # The lease expires by itself; nothing is lost.
+                # Nothing is lost: the next turn here frees it, else the lease expires.
                 log.warning("could not release channel lock %s: %s", self.key, type(exc).__name__)
+                unreleased = self.store._unreleased
+                if len(unreleased) < 10_000:
+                    unreleased[self.channel_id] = self.token
 
 
 def _s(v: str | bytes) -> str:

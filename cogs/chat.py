@@ -18,7 +18,7 @@ from discord.ext import commands
 
 from bot.client import ChatBot, bucket_key, place_of
 from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
-from bot.gate import MessageFacts, Verdict, decide, needs_chat_mode
+from bot.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.models import Speaker
 from bot.render import ReplyRenderer
 
@@ -94,7 +94,7 @@ class Chat(commands.Cog):
             role_ids=frozenset(r.id for r in roles),
             mentions_bot=any(u.id == me.id for u in message.mentions),
             replies_to_bot=isinstance(ref, discord.Message) and ref.author.id == me.id,
-            has_text=bool(text),
+            has_text=has_visible_text(text),
         )
 
     @commands.Cog.listener()

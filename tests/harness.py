@@ -34,8 +34,17 @@ MANAGE_GUILD = 1 << 5
 MARKER = "⏳"
 
 
-def e2e_config(redis_url: str, llm_url: str, guild_id: int, **discord: Any) -> Config:
-    return Config(
+def e2e_config(
+    redis_url: str,
+    llm_url: str,
+    guild_id: int,
+    *,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    **discord: Any,
+) -> Config:
+    """The test configuration. `overrides` replaces fields of other sections, e.g.
+    ``{"llm": {"max_retries": 1}, "usage": {"daily_token_quota": 50}}``."""
+    config = Config(
         discord=replace(
             DiscordConfig(
                 token=TOKEN,
@@ -64,6 +73,9 @@ def e2e_config(redis_url: str, llm_url: str, guild_id: int, **discord: Any) -> C
             presets={"pirate": "You are a pirate.", "poet": "You write verse."},
         ),
     )
+    for section, values in (overrides or {}).items():
+        config = replace(config, **{section: replace(getattr(config, section), **values)})
+    return config
 
 
 @dataclass
@@ -176,10 +188,21 @@ class BotHarness:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    redis_url: str, *, llm: LLMStandIn | None = None, **discord_config: Any
+    redis_url: str,
+    *,
+    llm: LLMStandIn | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    standin_options: dict[str, Any] | None = None,
+    **discord_config: Any,
 ) -> AsyncIterator[BotHarness]:
+    """A started bot. `overrides`: config sections other than discord (see `e2e_config`);
+    `standin_options`: keyword arguments for `DiscordStandIn` (e.g. `rate_limits`); a
+    `token=` among the discord options is used by both the bot and the stand-in."""
     async with contextlib.AsyncExitStack() as stack:
-        standin = await stack.enter_async_context(DiscordStandIn(token=TOKEN))
+        token = discord_config.get("token", TOKEN)
+        standin = await stack.enter_async_context(
+            DiscordStandIn(token=token, **(standin_options or {}))
+        )
         stack.enter_context(standin.patch_discord())
         if llm is None:
             llm = await stack.enter_async_context(LLMStandIn())
@@ -187,7 +210,7 @@ async def running_bot(
         harness = BotHarness(
             standin,
             llm,
-            e2e_config(redis_url, llm.base_url, guild, **discord_config),
+            e2e_config(redis_url, llm.base_url, guild, overrides=overrides, **discord_config),
             guild,
             channel,
             user,

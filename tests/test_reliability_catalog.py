@@ -1,0 +1,40 @@
+"""The reliability catalogue (docs/reliability.md) lists exactly the reliability tests."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from tests.reliability_report import CASES, ReliabilityReport
+
+
+def reliability_tests() -> set[str]:
+    names: set[str] = set()
+    folder = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(folder)]):
+        if not info.name.startswith("test_reliability_") or info.name.endswith("_catalog"):
+            continue
+        module = importlib.import_module(f"tests.{info.name}")
+        for name, obj in vars(module).items():
+            if not (name.startswith("test_") and callable(obj)):
+                continue
+            marks = [m for m in getattr(obj, "pytestmark", []) if m.name == "parametrize"]
+            if marks:
+                names |= {f"{name}[{value}]" for value in marks[0].args[1]}
+            else:
+                names.add(name)
+    return names
+
+
+def test_catalogue_matches_the_tests() -> None:
+    catalogued = [c.test for c in CASES]
+    assert len(catalogued) == len(set(catalogued)), "a test is catalogued twice"
+    assert set(catalogued) == reliability_tests()
+
+
+def test_table_is_deterministic_apart_from_outcomes(tmp_path: Path) -> None:
+    first, second = ReliabilityReport(tmp_path / "a.md"), ReliabilityReport(tmp_path / "b.md")
+    assert first.render() == second.render()
+    table = [line for line in first.render().splitlines() if line.startswith("| ") and "`" in line]
+    assert len(table) == len(CASES) and all(line.endswith("| not run |") for line in table)
