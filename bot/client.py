@@ -88,6 +88,10 @@ class BotTree(app_commands.CommandTree["ChatBot"]):
 
     async def report(self, interaction: discord.Interaction[Any], cause: BaseException) -> None:
         """Tell the user what went wrong; used by commands and by modals."""
+        if isinstance(cause, discord.NotFound) and cause.code in (10062, 10015):
+            # Unknown interaction / webhook: the token expired, nobody is left to tell.
+            log.warning("could not answer an interaction: it expired (Discord code %s)", cause.code)
+            return
         if isinstance(cause, app_commands.MissingPermissions):
             needed = ", ".join(p.replace("_", " ").title() for p in cause.missing_permissions)
             cause = PermissionDenied(needed)

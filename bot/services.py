@@ -138,6 +138,7 @@ async def open_services(
             prefix=config.redis.key_prefix,
             max_turns=config.history.max_turns,
             retention_days=config.history.retention_days,
+            metrics=metrics,
         )
         llm = LLMClient(session, config.llm)
         usage = UsageService(store, config.usage)

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from bot.errors import MemoryUnavailable
+from bot.metrics import Metrics
 from bot.models import Place, StoredPersona, TokenUsage, Turn
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,10 @@ class Store:
         max_turns: int,
         retention_days: int,
         lock_lease_s: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = client
+        self.metrics = metrics
         self.keys = Keys(prefix)
         self.max_turns = max_turns
         self.retention_s = retention_days * DAY
@@ -156,10 +159,11 @@ class Store:
         try:
             return await fn()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            # BusyLoadingError (Redis still reading its AOF) is a ConnectionError too.
+            if self.metrics is not None:
+                self.metrics.redis_error()
             log.warning("Redis unavailable: %s", type(exc).__name__)
             raise MemoryUnavailable(detail=str(exc)) from exc
-        except redis.exceptions.BusyLoadingError as exc:
-            raise MemoryUnavailable(detail="Redis is loading its data") from exc
 
     async def ping(self) -> bool:
         try:

@@ -1165,10 +1165,6 @@ def test_redis_down_answers_with_a_notice_and_shutdown_is_still_clean(health: Ou
     assert health.facts["code"] == 0, health.bots["bot"].stderr
 
 
-@pytest.mark.xfail(
-    reason="bot/store.py never calls Metrics.redis_error(): llmbot_redis_errors_total stays 0",
-    strict=False,
-)
 def test_metrics_count_redis_errors(health: Outcome) -> None:
     assert metric(health.facts["metrics_down"], "llmbot_redis_errors_total") >= 1
 

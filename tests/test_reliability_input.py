@@ -56,12 +56,7 @@ def assert_nobody_pinged(h: BotHarness) -> None:
     for channel in h.discord.channels:
         for m in h.discord.bot_messages_in(channel):
             assert not m.mention_roles and not m.mention_everyone, m.content
-            # Discord's default for an omitted `replied_user` is false (discord.py omits
-            # it on edits); the stand-in counts it as true, so the replied-to author is
-            # the one "mention" tolerated here, and only when no request asked for it.
-            replied = h.discord.messages.get(m.referenced_message_id or 0)
-            tolerated = {replied.author_id} if replied is not None else set()
-            assert set(m.mentions) <= tolerated, m.content
+            assert not m.mentions, m.content
 
 
 # --- messages ---------------------------------------------------------------------------

@@ -761,7 +761,8 @@ def parse_mentions(
         users = [u for u in users if "users" in parse or u in allowed_users]
         roles = [r for r in roles if "roles" in parse or r in allowed_roles]
         everyone = everyone and "everyone" in parse
-        reply_ping = reply_ping and bool(allowed.get("replied_user", True))
+        # Discord: `replied_user` defaults to false once `allowed_mentions` is given.
+        reply_ping = reply_ping and bool(allowed.get("replied_user", False))
     if reply_ping and replied_user is not None and replied_user not in users:
         users.append(replied_user)
     return list(dict.fromkeys(users)), list(dict.fromkeys(roles)), everyone
