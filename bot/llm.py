@@ -158,6 +158,14 @@ def _is_retryable(err: LLMError) -> bool:
     return isinstance(err, LLMUnreachable | LLMRateLimited | LLMServerError | LLMCutOff)
 
 
+# After the first token, let the socket gather chunks for this long between reads.
+# Why: servers send every token in its own write, and waking the process per token costs
+# far more CPU (a few hundred microseconds) than handling the text; Discord shows new text
+# at most once per `edit_interval` (1 s), so reading in 0.1 s batches costs no visible
+# latency worth the name and cuts the bot's CPU per streamed token several-fold.
+READ_BATCH_S = 0.1
+
+
 class LLMClient:
     """Talks to one OpenAI-compatible server. The aiohttp session belongs to the caller."""
 
@@ -169,8 +177,10 @@ class LLMClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
         retry_after_cap: float = 30.0,
+        read_batch_s: float = READ_BATCH_S,
     ) -> None:
         self.session = session
+        self.read_batch_s = read_batch_s
         self.config = config
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -495,6 +505,8 @@ class ChatStream:
                         events: list[ChatEvent] = parse_payload(body.decode("utf-8", "replace"))
                         done = True
                     else:
+                        if self._parts and client.read_batch_s > 0:
+                            await _gather_chunks(resp, client.read_batch_s, deadline)
                         async with asyncio.timeout_at(deadline):
                             data = await resp.content.readany()
                         events = parser.feed(data) if data else parser.close()
@@ -554,3 +566,26 @@ class ChatStream:
         if is_context_error(ev.message, ev.code, ev.type):
             return LLMContextTooLong(detail=detail)
         return LLMProtocolError(detail=detail)
+
+
+async def _gather_chunks(resp: aiohttp.ClientResponse, seconds: float, deadline: float) -> None:
+    """Pause reading the socket for `seconds` (not past `deadline`).
+
+    The kernel buffers what the server sends meanwhile; the next read takes it all at once.
+    """
+    if resp.content.is_eof():
+        return
+    connection = resp.connection
+    transport = connection.transport if connection is not None else None
+    if transport is None or transport.is_closing():
+        return
+    loop = asyncio.get_running_loop()
+    pause = min(seconds, deadline - loop.time())
+    if pause <= 0:
+        return
+    transport.pause_reading()
+    try:
+        await asyncio.sleep(pause)
+    finally:
+        if not transport.is_closing():
+            transport.resume_reading()

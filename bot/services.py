@@ -127,7 +127,9 @@ async def open_services(
         stack.push_async_callback(client.aclose)
         await wait_for_redis(client, attempts=redis_attempts)
 
-        session = aiohttp.ClientSession()
+        # No pool limit: every streaming reply holds one connection to the LLM for its
+        # whole length, and aiohttp's default of 100 would queue the 101st reply.
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         stack.push_async_callback(session.close)
 
         counter = TokenCounter()
