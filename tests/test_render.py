@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -301,6 +302,29 @@ async def test_cancelled_request_does_not_take_a_grant() -> None:
     clock.advance(1.0)
     budget.pump()
     assert kept.done() and budget.granted == 2
+
+
+async def test_observe_from_a_new_window_reopens_the_bucket() -> None:
+    """A response from the window that opened after the known one is not min'ed with the
+    old window's exhausted count (which kept the bucket shut until the new reset)."""
+    clock = FakeClock()
+    budget = RateBudget(rate=100.0, clock=clock)  # bucket_period 5 s, margin 0.05 s
+    budget.observe("edit:1", remaining=1, reset_after=1.25)
+    await asyncio.wait_for(budget.acquire("edit:1"), 0.1)  # the window's last slot
+    clock.advance(1.25)  # the window reset; our bookkeeping still has 0.05 s of margin
+    budget.pump()
+    # the response of a request that reached Discord just after the reset
+    budget.observe("edit:1", remaining=4, reset_after=5.0)
+    nxt = budget.request("edit:1", priority=clock())
+    assert nxt.done(), "the new window's remaining slots must be usable at once"
+    # ...and the new window is counted: 3 more grants, then held until its reset
+    for _ in range(3):
+        assert budget.request("edit:1", priority=clock()).done()
+    held = budget.request("edit:1", priority=clock())
+    assert not held.done()
+    clock.advance(5.1)
+    budget.pump()
+    assert held.done()
 
 
 # --- ReplyRenderer -----------------------------------------------------------------------
@@ -601,3 +625,50 @@ async def test_cpu_cost_per_1000_tokens() -> None:
     per_1000 = cpu / (n * tokens / 1000)
     print(f"{per_1000:.4f} CPU-s per 1000 tokens")
     assert per_1000 < 0.05, f"{per_1000:.4f} CPU-s per 1000 tokens"
+
+
+async def wait_until(cond: Callable[[], bool]) -> None:
+    """Poll `cond` every 2 ms for up to 1 s."""
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("condition not reached within 1 s")
+
+
+async def test_continuation_part_is_sent_in_the_previous_messages_edit_slot() -> None:
+    """Uncontended, a new part is sent when the previous message may be edited again,
+    and that message's final edit follows the send (it takes no edit slot of its own)."""
+    interval = 0.1
+    discord = FakeDiscord()
+    sink = FakeSink(discord)
+    budget = make_budget()
+    r = ReplyRenderer(sink, budget, edit_interval=interval)
+    first = "word " * 200  # 1000 chars: one part
+    r.push(first)
+    await wait_until(lambda: len(sink.calls) == 1)
+    r.push("more " * 10)
+    await wait_until(lambda: len(sink.edits()) == 1)  # an edit of message 1 just went out
+    assert not budget.contended
+    r.push("next " * 300)  # the text crosses the 2000-char limit right after that edit
+    await wait_until(lambda: len(sink.edits()) == 2)  # the final edit of message 1
+    await r.finish()
+    text = first + "more " * 10 + "next " * 300
+    expected = [p.body for p in plan_split(text)]
+    assert len(expected) == 2
+    h1, h2 = r.stats.handles
+    sends = [c for c in sink.calls if c.kind == "send"]
+    assert [c.handle for c in sends] == [h1, h2]
+    send2 = sends[1]
+    edit1, final1, *rest = sink.edits()
+    assert edit1.handle == h1 and final1.handle == h1
+    assert final1.content == expected[0]
+    assert [c.handle for c in rest] == [h2]  # message 1 got exactly one edit before its final
+    # part 2 waited for message 1's edit slot, then message 1 was finalized right after
+    assert send2.t >= edit1.t + interval - 0.005, "part 2 was sent before the edit slot"
+    assert send2.t <= edit1.t + interval + 0.08
+    assert edit1.t < send2.t <= final1.t
+    assert [sink.messages[h] for h in (h1, h2)] == expected
+    assert r.contents == expected
+    assert sink.reply_to[h2] == h1
+    assert not discord.violations
