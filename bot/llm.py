@@ -522,12 +522,14 @@ class ChatStream:
                         detail=f"connection lost mid-stream ({type(exc).__name__}) "
                         f"after {len(self.text)} characters"
                     ) from exc
+                batch: list[str] = []
+                failure: LLMError | None = None
                 for ev in events:
                     if isinstance(ev, TextDelta):
                         if not self._parts:
                             self.first_token_s = loop.time() - self._start
                         self._parts.append(ev.text)
-                        yield ev.text
+                        batch.append(ev.text)
                     elif isinstance(ev, Finish):
                         self.finish_reason = ev.reason
                     elif isinstance(ev, Usage):
@@ -538,9 +540,17 @@ class ChatStream:
                         done = True
                         break
                     elif isinstance(ev, StreamError):
-                        raise self._stream_error(ev)
+                        failure = self._stream_error(ev)
+                        break
                     elif isinstance(ev, Malformed):
-                        raise LLMProtocolError(detail=ev.detail)
+                        failure = LLMProtocolError(detail=ev.detail)
+                        break
+                if batch:
+                    # All text of one read goes up as one delta: one trip through the
+                    # layers above per read instead of per token.
+                    yield batch[0] if len(batch) == 1 else "".join(batch)
+                if failure is not None:
+                    raise failure
             if self.finish_reason is None:
                 raise LLMCutOff(
                     detail=f"the stream ended without a finish_reason after "
