@@ -293,6 +293,21 @@ def test_ci_runs_the_lint_format_and_type_checks() -> None:
         assert command in ci_script()
 
 
+def test_benchmark_wrapper_runs_the_bench_package(venv_ready: None) -> None:
+    """`./benchmark [--quick]` is `python -m bench` after the venv check.
+
+    The benchmark machinery itself runs for real in tests/test_bench_smoke.py (its smallest
+    scenario, no timing asserted); a full run takes minutes, so it is not in the suite.
+    """
+    lines = (ROOT / "benchmark").read_text().splitlines()
+    assert lines[-1] == 'exec "$root/.venv/bin/python" -m bench "$@"'
+    out = subprocess.run(
+        [str(ROOT / "benchmark"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "--quick" in out.stdout
+    assert (ROOT / "tests" / "test_bench_smoke.py").exists()
+
+
 def test_docker_commands_are_checked_in_ci() -> None:
     """No Docker engine in CI: scripts/check-docker.sh stands in for `docker compose up`."""
     assert "bash scripts/check-docker.sh" in ci_script()
@@ -414,6 +429,8 @@ def coverage() -> dict[str, Callable[..., Any]]:
             test_run_sync_guild_registers_the_commands_in_that_server
         ),
         "./run sync": test_run_sync_registers_the_commands_globally,
+        "./benchmark --quick": test_benchmark_wrapper_runs_the_bench_package,
+        "./benchmark": test_benchmark_wrapper_runs_the_bench_package,
         "./run --config /etc/llmbot/config.toml": test_run_config_reads_the_named_file,
         "cp .env.example .env": test_docker_commands_are_checked_in_ci,
         "cp config.example.toml config.toml": test_config_example_is_a_valid_config,
