@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,22 +16,6 @@ from bot.logs import RedactingFilter, redis_url_secrets, secrets_from_config, se
 TOKEN = "MTIzNDU2Nzg5.discord-token-Xy7"
 API_KEY = "sk-test-api-key-0123456789"
 REDIS_PASSWORD = "p@ss/word-42"
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Put the root logger and the libraries' levels back as they were."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    noisy = {name: logging.getLogger(name).level for name in logs.NOISY_LOGGERS}
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    for name, lvl in noisy.items():
-        logging.getLogger(name).setLevel(lvl)
-    logging.captureWarnings(False)
 
 
 def _setup(fmt: str = "text", level: str = "INFO", secrets: tuple[str, ...] = ()) -> io.StringIO:

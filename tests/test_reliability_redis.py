@@ -144,23 +144,6 @@ async def _start_bot_with(url: str) -> tuple[BotHarness, contextlib.AsyncExitSta
     return h, stack
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    from bot import logs
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    noisy = {name: logging.getLogger(name).level for name in logs.NOISY_LOGGERS}
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    for name, lvl in noisy.items():
-        logging.getLogger(name).setLevel(lvl)
-    logging.captureWarnings(False)
-
-
 @pytest.mark.usefixtures("restore_logging")
 async def test_redis_unreachable_at_start_gives_up_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

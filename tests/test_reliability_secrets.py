@@ -25,7 +25,6 @@ from urllib.parse import quote
 import pytest
 import redis.asyncio as aioredis
 
-from bot import logs
 from bot.config import LoggingConfig
 from bot.logs import redis_url_secrets, setup_logging
 from bot.redis_server import EmbeddedRedis
@@ -49,21 +48,6 @@ class RawCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    noisy = {name: logging.getLogger(name).level for name in logs.NOISY_LOGGERS}
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    for name, lvl in noisy.items():
-        logging.getLogger(name).setLevel(lvl)
-    logging.captureWarnings(False)
 
 
 @pytest.fixture
