@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 from typing import Any
 
 from aiohttp import web
 
 from bench.workload import parse_tag, reply_text
-from tests.standin.llm_api import Behavior, ChunkRecord, LLMStandIn, RecordedRequest
+from tests.standin.llm_api import (
+    Behavior,
+    ChunkRecord,
+    LLMStandIn,
+    RecordedRequest,
+    serve_until_signalled,
+)
 
 
 class CompactChunks:
@@ -120,17 +124,9 @@ def write_records(path: str, llm: LLMStandIn) -> None:
 async def serve(args: argparse.Namespace) -> None:
     behavior = Behavior(reply=reply_for, ttft=args.ttft, tps=args.tps or None)
     llm = BenchLLM(behavior, host="127.0.0.1", port=args.port)
-    await llm.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    print(llm.base_url, flush=True)
     try:
-        await stop.wait()
+        await serve_until_signalled(llm)
     finally:
-        await llm.close()
         if args.records:
             write_records(args.records, llm)
 

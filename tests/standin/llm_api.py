@@ -551,7 +551,11 @@ async def _serve(args: argparse.Namespace) -> None:
         tps=args.tps or None,
         keepalive=args.keepalive,
     )
-    llm = LLMStandIn(default, host=args.host, port=args.port, record=False)
+    await serve_until_signalled(LLMStandIn(default, host=args.host, port=args.port, record=False))
+
+
+async def serve_until_signalled(llm: LLMStandIn) -> None:
+    """Start `llm`, print its base URL on stdout, serve until SIGTERM/SIGINT, then close."""
     await llm.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
