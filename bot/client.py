@@ -204,6 +204,15 @@ class ChatBot(commands.AutoShardedBot):
         ctx: SimpleNamespace,
         params: aiohttp.TraceRequestEndParams,
     ) -> None:
+        headers = params.response.headers
+        if params.response.status == 429 and (
+            headers.get("X-RateLimit-Global", "").lower() == "true"
+            or headers.get("X-RateLimit-Scope") == "global"
+        ):
+            # A global limit stops every request the bot makes: hold all streams too, so
+            # their requests don't pile up inside discord.py meanwhile.
+            with contextlib.suppress(ValueError):
+                self.budget.observe_global(float(headers.get("Retry-After") or 1))
         match = _CHANNEL_ROUTE.search(params.url.path)
         if match is None:
             return
@@ -218,7 +227,6 @@ class ChatBot(commands.AutoShardedBot):
             return
         metrics = self.services.metrics
         metrics.discord_request(kind)
-        headers = params.response.headers
         if params.response.status == 429:
             metrics.discord_rate_limited()
             log.warning("Discord rate limited a %s in channel %s", kind, channel_id)

@@ -421,12 +421,6 @@ class ReplyRenderer:
         the marker, in a message of its own if it does not fit."""
         await self._close(note.strip() or None)
 
-    def abort(self) -> None:
-        """Stop at once without final edits (shutdown)."""
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-
     # -- internals --
 
     def _start(self) -> None:

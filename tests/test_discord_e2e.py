@@ -272,3 +272,15 @@ async def test_direct_messages_only_when_allowed(
             message = await h.say("hello in private", channel=dm, mention=False)
             await h.settle()
             assert bool(h.replies_to(message)) is allowed
+
+
+async def test_a_global_429_holds_every_stream(h: BotHarness) -> None:
+    assert h.bot is not None
+    before = h.bot.budget.granted
+    h.discord.force_429(
+        rf"^/channels/{h.channel}/messages$", count=1, retry_after=0.5, is_global=True
+    )
+    parts = await h.ask("hello after a global limit")
+    assert [p.content for p in parts] == ["Echo: alice: hello after a global limit"]
+    # The shared budget learned the global hold from the 429's headers.
+    assert h.bot.budget._hold_until > 0 and h.bot.budget.granted > before
