@@ -27,7 +27,7 @@ from typing import Any
 from bench.e2e import STREAM_RATE, Scenario, run_scenario
 from bench.micro import run_micro, run_redis_turns
 from bench.report import evaluate_targets, format_report
-from bot.redis_server import EmbeddedRedis
+from bot.memory.redis_server import EmbeddedRedis
 
 SOAK_LABEL = "soak"
 

@@ -9,7 +9,7 @@ stand-in's response to the create/edit, and the content it then showed). From th
 message states we compute, after every acknowledged request, the *visible prefix*: the
 longest prefix of the reply text that the reply's messages show contiguously, in order.
 A message's content maps onto the reply text through the final split plan
-(`bot.splitter.plan_split`): part i starts at a known offset, may begin with a reopened
+(`bot.delivery.splitter.plan_split`): part i starts at a known offset, may begin with a reopened
 code fence, and while streaming may end with a fence closer and the " ⏳" marker. Parts
 other than the last never change once the text has grown past them, so the final plan
 is valid for every earlier state of a part.
@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.splitter import Part, plan_split
+from bot.delivery.splitter import Part, plan_split
 
 MARKER = " ⏳"
 _CLOSER = re.compile(r"\n(`{3,}|~{3,})\Z")

@@ -40,7 +40,7 @@ from bench.procs import (
 )
 from bench.stats import summary
 from bench.workload import reply_text, tag_text
-from bot.splitter import plan_split
+from bot.delivery.splitter import plan_split
 from tests.standin.discord_api import DiscordStandIn
 from tests.standin.discord_models import MessageRecord
 

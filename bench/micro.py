@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.workload import reply_pieces
+from bot.chat.context import build_context
 from bot.config import Config, HistoryConfig, LLMConfig, PersonaConfig, RedisConfig
-from bot.context import build_context
+from bot.delivery.splitter import IncrementalSplitter, plan_split
+from bot.llm.sse import ChatChunkParser, TextDelta
+from bot.llm.tokens import TokenCounter
 from bot.models import Place, Speaker, Turn
 from bot.services import open_services
-from bot.splitter import IncrementalSplitter, plan_split
-from bot.sse import ChatChunkParser, TextDelta
-from bot.tokens import TokenCounter
 from tests.standin.llm_api import Behavior, LLMStandIn
 
 __all__ = ["run_micro", "run_redis_turns", "sse_events"]

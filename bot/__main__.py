@@ -19,13 +19,13 @@ import discord
 from bot.client import ChatBot
 from bot.config import Config, load_config
 from bot.console import Console
+from bot.delivery.budget import RateBudget
 from bot.errors import ConfigError
-from bot.health import HealthServer
-from bot.lifecycle import DaemonThreadExecutor, Shutdown, stop_signals
-from bot.logs import secrets_from_config, setup_logging
-from bot.metrics import Metrics
-from bot.redis_server import RedisServerError
-from bot.render import RateBudget
+from bot.memory.redis_server import RedisServerError
+from bot.ops.health import HealthServer
+from bot.ops.lifecycle import DaemonThreadExecutor, Shutdown, stop_signals
+from bot.ops.logs import secrets_from_config, setup_logging
+from bot.ops.metrics import Metrics
 from bot.services import Services, open_services
 
 log = logging.getLogger("bot")

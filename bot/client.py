@@ -21,9 +21,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.delivery.budget import RateBudget
 from bot.errors import BotError, PermissionDenied, user_message
 from bot.models import Place
-from bot.render import RateBudget
 from bot.services import Services
 
 log = logging.getLogger(__name__)

@@ -19,16 +19,16 @@ import aiohttp
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bot.chat.conversation import ConversationService
+from bot.chat.personas import PersonaService
+from bot.chat.usage import UsageService
 from bot.config import Config
-from bot.conversation import ConversationService
-from bot.gate import Cooldown
-from bot.llm import LLMClient
-from bot.metrics import Metrics
-from bot.personas import PersonaService
-from bot.redis_server import EmbeddedRedis
-from bot.store import Store
-from bot.tokens import TokenCounter
-from bot.usage import UsageService
+from bot.delivery.gate import Cooldown
+from bot.llm.client import LLMClient
+from bot.llm.tokens import TokenCounter
+from bot.memory.redis_server import EmbeddedRedis
+from bot.memory.store import Store
+from bot.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

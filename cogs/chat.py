@@ -1,8 +1,8 @@
 """Answering messages: Discord message in, streamed reply out.
 
-Thin glue: the rules for *whether* to answer live in `bot.gate`, the conversation in
-`bot.conversation`, and the pacing and splitting of the streamed reply in
-`bot.render`. This cog gathers facts from the Message and adapts Discord's message
+Thin glue: the rules for *whether* to answer live in `bot.delivery.gate`, the conversation in
+`bot.chat.conversation`, and the pacing and splitting of the streamed reply in
+`bot.delivery.renderer`. This cog gathers facts from the Message and adapts Discord's message
 API to the renderer's Sink.
 """
 
@@ -17,10 +17,10 @@ import discord
 from discord.ext import commands
 
 from bot.client import ChatBot, bucket_key, place_of
+from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
+from bot.delivery.renderer import ReplyRenderer
 from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
-from bot.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.models import Speaker
-from bot.render import ReplyRenderer
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat.personas import PersonaService
 from bot.client import BotTree, ChatBot, place_of, require
 from bot.errors import BotError
-from bot.personas import PersonaService
 
 Scope = Literal["channel", "server"]
 MODAL_MAX = 4000  # Discord's limit for a text input in a modal

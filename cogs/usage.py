@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat.usage import describe
 from bot.client import ChatBot, require, send_ephemeral
 from bot.errors import BotError
-from bot.usage import describe
 
 
 class Usage(commands.Cog):

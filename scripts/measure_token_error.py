@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bot.context import as_message
+from bot.chat.context import as_message
+from bot.llm.tokens import TokenCounter
 from bot.models import Turn
-from bot.tokens import TokenCounter
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = """

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bot import logs
-from bot.redis_server import EmbeddedRedis
+from bot.memory.redis_server import EmbeddedRedis
+from bot.ops import logs
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.analysis import analyse_reply, part_geometry, token_lags, visible_prefix
 from bench.workload import parse_tag, reply_pieces, reply_text, tag_text
-from bot.splitter import plan_split
+from bot.delivery.splitter import plan_split
 from tests.standin.llm_api import tokenize
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,8 +25,8 @@ from bot.errors import (
     LLMTimeout,
     QuotaExceeded,
 )
+from bot.memory.redis_server import EmbeddedRedis
 from bot.models import Place, Speaker
-from bot.redis_server import EmbeddedRedis
 from bot.services import Services, open_services
 from tests.standin.llm_api import Behavior, LLMStandIn, count_prompt_tokens
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from bot.redis_server import EmbeddedRedis
+from bot.memory.redis_server import EmbeddedRedis
 from tests.harness import MANAGE_CHANNELS, MARKER, BotHarness, running_bot
 from tests.standin.llm_api import Behavior
 
@@ -166,7 +166,7 @@ async def test_usage_shows_what_the_server_reported(h: BotHarness) -> None:
 
 
 async def test_long_reply_with_code_splits_correctly(h: BotHarness) -> None:
-    from bot.splitter import plan_split
+    from bot.delivery.splitter import plan_split
 
     code = "\n".join(f"    result_{i} = compute(value_{i}) + {i}" for i in range(64))
     prose = " ".join(["This paragraph explains the code in some detail."] * 12)

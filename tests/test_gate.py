@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bot.config import DiscordConfig
-from bot.gate import Cooldown, MessageFacts, Verdict, decide, needs_chat_mode
+from bot.delivery.gate import Cooldown, MessageFacts, Verdict, decide, needs_chat_mode
 
 BASE = MessageFacts(author_is_bot=False, is_dm=False, guild_id=1, channel_id=10, mentions_bot=True)
 CONFIG = DiscordConfig()

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from bot.config import HealthConfig
-from bot.health import DEFAULT_CHECK_TIMEOUT, Check, HealthServer
-from bot.metrics import CONTENT_TYPE, Metrics
+from bot.ops.health import DEFAULT_CHECK_TIMEOUT, Check, HealthServer
+from bot.ops.metrics import CONTENT_TYPE, Metrics
 
 Factory = Callable[..., Awaitable[HealthServer]]
 

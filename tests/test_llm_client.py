@@ -35,7 +35,7 @@ from bot.errors import (
     LLMUnreachable,
     user_message,
 )
-from bot.llm import ChatStream, LLMClient, Usage, classify_http_error, parse_retry_after
+from bot.llm.client import ChatStream, LLMClient, Usage, classify_http_error, parse_retry_after
 from tests.standin.llm_api import (
     CONTEXT_LENGTH_LLAMACPP,
     CONTEXT_LENGTH_OPENAI,

@@ -9,9 +9,9 @@ import warnings
 
 import pytest
 
-from bot import logs
 from bot.config import Config, DiscordConfig, LLMConfig, LoggingConfig, RedisConfig
-from bot.logs import RedactingFilter, redis_url_secrets, secrets_from_config, setup_logging
+from bot.ops import logs
+from bot.ops.logs import RedactingFilter, redis_url_secrets, secrets_from_config, setup_logging
 
 TOKEN = "MTIzNDU2Nzg5.discord-token-Xy7"
 API_KEY = "sk-test-api-key-0123456789"
@@ -160,7 +160,7 @@ def test_secret_in_exception_traceback_is_redacted(fmt: str) -> None:
         except PermissionError as exc:
             raise RuntimeError(f"wrapped {API_KEY}") from exc
     except RuntimeError:
-        logging.getLogger("bot.llm").exception("request failed")
+        logging.getLogger("bot.llm.client").exception("request failed")
     out = stream.getvalue()
     assert API_KEY not in out
     assert "401 for api key ***" in out
@@ -187,7 +187,7 @@ def test_secret_added_after_setup_is_redacted() -> None:
     late = "late-secret-redis-url-value"
     stream = _setup("text")
     logs.add_secret(late)
-    logging.getLogger("bot.store").error("cannot connect to %s", late)
+    logging.getLogger("bot.memory.store").error("cannot connect to %s", late)
     assert late not in stream.getvalue()
     assert "cannot connect to ***" in stream.getvalue()
 

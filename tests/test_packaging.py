@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from bot.config import ENV_OVERRIDES, DiscordConfig, HealthConfig
-from bot.health import HealthServer
-from bot.metrics import Metrics
+from bot.ops.health import HealthServer
+from bot.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,8 +42,8 @@ import psutil
 import pytest
 import redis
 
+from bot.memory.redis_server import EmbeddedRedis
 from bot.models import Turn
-from bot.redis_server import EmbeddedRedis
 from tests.standin.discord_api import DiscordStandIn
 from tests.standin.discord_models import MessageRecord
 from tests.standin.llm_api import Behavior, LLMStandIn
@@ -613,9 +613,9 @@ def test_two_processes_keep_the_shared_history_complete_and_in_pairs(
 
 
 @pytest.mark.xfail(
-    reason="bot/store.py: the Redis channel lock has no fairness across processes; a process "
-    "re-takes it for its own queued messages before the other process's poll (0.05-0.5 s) "
-    "comes round, so answers follow arrival order only per process",
+    reason="bot/memory/store.py: the Redis channel lock has no fairness across processes; "
+    "a process re-takes it for its own queued messages before the other process's poll "
+    "(0.05-0.5 s) comes round, so answers follow arrival order only per process",
     strict=False,
 )
 def test_two_processes_answer_a_shared_channel_in_arrival_order(shared_channel: Outcome) -> None:
@@ -1194,7 +1194,7 @@ def test_text_logs_one_line_per_finished_reply(sigterm_graceful: Outcome) -> Non
     err = sigterm_graceful.bots["bot"].stderr
     lines = [line for line in err.splitlines() if REPLY_LINE.search(line)]
     assert len(lines) == 2
-    assert all(" INFO bot.conversation: " in line for line in lines)
+    assert all(" INFO bot.chat.conversation: " in line for line in lines)
     channel = sigterm_graceful.facts["channel"]
     assert all(f"reply channel={channel} " in line for line in lines)
 

@@ -408,7 +408,7 @@ def test_configuration_table_defaults_match_the_code() -> None:
 )
 def test_troubleshooting_messages_are_what_the_bot_says(text: str) -> None:
     source = "\n".join(
-        p.read_text() for folder in ("bot", "cogs") for p in (ROOT / folder).glob("*.py")
+        p.read_text() for folder in ("bot", "cogs") for p in (ROOT / folder).rglob("*.py")
     )
     printed = re.sub(r"^Cannot start(?: the built-in Redis)?: ", "", text)
     for piece in re.split(r"\{[^}]*\}", printed):  # {d}: a value filled in at run time

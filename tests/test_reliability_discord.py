@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from bot.redis_server import EmbeddedRedis
+from bot.memory.redis_server import EmbeddedRedis
 from tests.harness import MARKER, BotHarness, running_bot
 from tests.reliability_report import measure, reliability_report  # noqa: F401
 from tests.standin.llm_api import Behavior

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.errors import EmptyMessage
-from bot.redis_server import EmbeddedRedis
+from bot.memory.redis_server import EmbeddedRedis
 from tests.harness import MANAGE_CHANNELS, MARKER, BotHarness, running_bot
 from tests.reliability_report import reliability_report  # noqa: F401
 from tests.standin.llm_api import Behavior

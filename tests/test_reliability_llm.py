@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from bot.redis_server import EmbeddedRedis
-from bot.splitter import plan_split
-from bot.store import utc_day
+from bot.delivery.splitter import plan_split
+from bot.memory.redis_server import EmbeddedRedis
+from bot.memory.store import utc_day
 from tests.harness import MARKER, BotHarness, running_bot
 from tests.reliability_report import reliability_report  # noqa: F401  (enables the table)
 from tests.standin.discord_api import RateLimits

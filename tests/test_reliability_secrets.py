@@ -2,7 +2,7 @@
 
 The bot runs with a fake Discord token, a fake LLM API key and a Redis URL with a
 password (a private Redis with `requirepass`), with logging at DEBUG through the real
-`bot.logs.setup_logging` handler, while errors that tend to carry secrets happen: an LLM
+`bot.ops.logs.setup_logging` handler, while errors that tend to carry secrets happen: an LLM
 401 and 500 whose bodies quote the key, an error object inside the stream quoting it,
 Discord 5xx and 429s, and Redis going away. Three views of the logs are checked:
 
@@ -26,8 +26,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.config import LoggingConfig
-from bot.logs import redis_url_secrets, setup_logging
-from bot.redis_server import EmbeddedRedis
+from bot.memory.redis_server import EmbeddedRedis
+from bot.ops.logs import redis_url_secrets, setup_logging
 from tests.harness import running_bot
 from tests.reliability_report import reliability_report  # noqa: F401
 from tests.standin.llm_api import Behavior

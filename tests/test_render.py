@@ -1,4 +1,4 @@
-"""Tests for bot.render: RateBudget pacing/fairness and ReplyRenderer streaming.
+"""Tests for bot.delivery.renderer: RateBudget pacing/fairness and ReplyRenderer streaming.
 
 Renderer tests run in real asyncio time with scaled limits (short edit intervals, a
 0.25 s bucket period, a 300/s global rate checked against a strict fake of Discord), so
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bot.render import RateBudget, ReplyRenderer
-from bot.splitter import plan_split
+from bot.delivery.budget import RateBudget
+from bot.delivery.renderer import ReplyRenderer
+from bot.delivery.splitter import plan_split
 
 MARKER = " ⏳"
 NOTE = "⚠️ The model stopped answering (timed out)."
@@ -478,7 +479,7 @@ async def test_sink_errors_are_retried_with_newest_text() -> None:
 async def test_persistent_sink_errors_give_up_in_bounded_time(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="bot.render")
+    caplog.set_level(logging.WARNING, logger="bot.delivery.renderer")
     discord = FakeDiscord()
     sink = FakeSink(discord, fail_edits=10**6)
     r = ReplyRenderer(sink, make_budget(), edit_interval=0.02, max_failures=3)

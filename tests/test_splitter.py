@@ -1,4 +1,4 @@
-"""Tests for bot.splitter: cut rules, code fences, and the properties streaming relies on."""
+"""Tests for bot.delivery.splitter: cut rules, code fences, properties streaming relies on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.splitter import (
+from bot.delivery.splitter import (
     DISCORD_LIMIT,
     IncrementalSplitter,
     Part,

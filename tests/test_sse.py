@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.sse import (
+from bot.llm.sse import (
     ChatChunkParser,
     ChatEvent,
     Done,

@@ -8,15 +8,15 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from bot.chat.context import CUT_NOTE, build_context
+from bot.chat.personas import PersonaService, render, resolve
+from bot.chat.usage import UsageService, sparkline
 from bot.config import PersonaConfig, Price, UsageConfig
-from bot.context import CUT_NOTE, build_context
 from bot.errors import EmptyPersona, PersonaTooLong, QuotaExceeded, UnknownPreset
+from bot.llm.tokens import TokenCounter
+from bot.memory.redis_server import EmbeddedRedis
+from bot.memory.store import Store, UsageRecord
 from bot.models import Place, StoredPersona, TokenUsage, Turn
-from bot.personas import PersonaService, render, resolve
-from bot.redis_server import EmbeddedRedis
-from bot.store import Store, UsageRecord
-from bot.tokens import TokenCounter
-from bot.usage import UsageService, sparkline
 
 COUNTER = TokenCounter()
 GUILD = Place(channel_id=10, channel_name="general", guild_id=1, guild_name="Guild")

@@ -48,7 +48,7 @@ from bot.errors import (
     LLMTimeout,
     LLMUnreachable,
 )
-from bot.sse import (
+from bot.llm.sse import (
     ChatChunkParser,
     ChatEvent,
     Done,

@@ -26,8 +26,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from bot.errors import MemoryUnavailable
-from bot.metrics import Metrics
 from bot.models import Place, StoredPersona, TokenUsage, Turn
+from bot.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

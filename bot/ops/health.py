@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.config import HealthConfig
-from bot.metrics import CONTENT_TYPE, Metrics
+from bot.ops.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot.llm.tokens import PER_MESSAGE, REPLY_PRIMING, TokenCounter
 from bot.models import Turn
-from bot.tokens import PER_MESSAGE, REPLY_PRIMING, TokenCounter
 
 CUT_NOTE = "\n\n[… the rest of this message was cut: it was too long for the model's context]"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bot.config import UsageConfig
 from bot.errors import QuotaExceeded
-from bot.store import DAY, Store, utc_day
+from bot.memory.store import DAY, Store, utc_day
 
 SCOPES = ("user", "channel", "server")
 SPARK = "▁▂▃▄▅▆▇█"

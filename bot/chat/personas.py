@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from bot.config import PersonaConfig
 from bot.errors import EmptyPersona, PersonaTooLong, UnknownPreset
+from bot.memory.store import PersonaLayers, Store
 from bot.models import Place, StoredPersona
-from bot.store import PersonaLayers, Store
 
 VARIABLES = ("date", "time", "server", "channel", "bot_name")
 _VARIABLE = re.compile(r"\{(" + "|".join(VARIABLES) + r")\}")

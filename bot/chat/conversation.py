@@ -17,16 +17,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from bot.chat.context import BuiltContext, build_context, speaker_line
+from bot.chat.personas import render, resolve
+from bot.chat.usage import UsageService
 from bot.config import LLMConfig
-from bot.context import BuiltContext, build_context, speaker_line
 from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
-from bot.llm import ChatStream, LLMClient
-from bot.metrics import Metrics
+from bot.llm.client import ChatStream, LLMClient
+from bot.llm.tokens import TokenCounter
+from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
-from bot.personas import render, resolve
-from bot.store import Store, TurnLock, UsageRecord
-from bot.tokens import TokenCounter
-from bot.usage import UsageService
+from bot.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The chat engine: conversations, context building, personas and usage."""

@@ -1,0 +1,1 @@
+"""Getting replies into Discord: rate budget, renderer, splitter, message gate."""

@@ -1,0 +1,1 @@
+"""Talking to OpenAI-compatible servers: the streaming client, SSE parsing, token counts."""

@@ -1,0 +1,1 @@
+"""Where conversations live: the Redis store and the embedded Redis server."""

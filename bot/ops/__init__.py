@@ -1,0 +1,1 @@
+"""Running the bot for months: health, metrics, logs, lifecycle."""
