@@ -36,9 +36,14 @@ class Turn:
     author_id: int | None = None
     author_name: str | None = None
     message_id: int | None = None
+    # An answer the person stopped (Stop button): `content` is what they saw, cut short.
+    stopped: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        data = asdict(self)
+        if not self.stopped:
+            del data["stopped"]  # the common case stays as compact as before
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Turn:
@@ -51,6 +56,7 @@ class Turn:
             author_id=data.get("author_id"),
             author_name=data.get("author_name"),
             message_id=data.get("message_id"),
+            stopped=bool(data.get("stopped", False)),
         )
 
 

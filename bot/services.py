@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bot.chat.controls import ReplyControls
 from bot.chat.conversation import ConversationService
 from bot.chat.personas import PersonaService
 from bot.chat.usage import UsageService
@@ -46,6 +47,8 @@ class Services:
     metrics: Metrics
     session: aiohttp.ClientSession
     embedded_redis: EmbeddedRedis | None
+    # Replies being written, for their Stop / Regenerate / Retry buttons.
+    controls: ReplyControls = field(default_factory=ReplyControls)
 
 
 async def wait_for_redis(

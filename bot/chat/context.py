@@ -16,6 +16,8 @@ from bot.llm.tokens import PER_MESSAGE, REPLY_PRIMING, TokenCounter
 from bot.models import Turn
 
 CUT_NOTE = "\n\n[… the rest of this message was cut: it was too long for the model's context]"
+# Tells the model that an answer of its own was cut short by the person (Stop button).
+STOPPED_NOTE = "\n\n[stopped by the user at this point]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,8 @@ def speaker_line(name: str | None, text: str) -> str:
 def as_message(turn: Turn) -> dict[str, Any]:
     if turn.role == "user":
         return {"role": "user", "content": speaker_line(turn.author_name, turn.content)}
+    if turn.stopped:
+        return {"role": turn.role, "content": turn.content + STOPPED_NOTE}
     return {"role": turn.role, "content": turn.content}
 
 

@@ -21,10 +21,10 @@ from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.personas import render, resolve
 from bot.chat.usage import UsageService
 from bot.config import LLMConfig
-from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
+from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable, NotLatestAnswer
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.tokens import TokenCounter
-from bot.memory.store import Store, TurnLock, UsageRecord
+from bot.memory.store import Loaded, Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
 
@@ -74,6 +74,12 @@ class ConversationService:
         """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`."""
         return Reply(self, place, speaker, text, message_id)
 
+    def regenerate(self, place: Place, speaker: Speaker, question_id: int) -> Reply:
+        """Answer the channel's latest question (the user message `question_id`) again,
+        from the same history; the stored answer is replaced when the new one is done.
+        `speaker` is who asked for it (their quota and usage)."""
+        return RegenerateReply(self, place, speaker, "", question_id)
+
     async def reset(self, channel_id: int) -> int:
         return await self.store.reset(channel_id)
 
@@ -102,6 +108,9 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        # True while the model's stream is read: only then may Stop cut the reply.
+        self.reading = False
+        self.stopped = False
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -112,18 +121,10 @@ class Reply:
             s.usage.check_quota(loaded.user_tokens_today)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
-            self._user_turn = Turn(
-                role="user",
-                content=self.text,
-                tokens=s.counter.count(speaker_line(self.speaker.name, self.text)),
-                at=time.time(),
-                author_id=self.speaker.id,
-                author_name=self.speaker.name,
-                message_id=self.message_id,
-            )
+            history, self._user_turn = self._question(loaded)
             self.context = build_context(
                 system,
-                loaded.history,
+                history,
                 self._user_turn,
                 context_tokens=s.llm_config.context_tokens,
                 reply_tokens=s.llm_config.max_tokens,
@@ -141,20 +142,53 @@ class Reply:
             raise
         return self
 
+    def _question(self, loaded: Loaded) -> tuple[list[Turn], Turn]:
+        """The history the model reads and the question it answers: a new user turn."""
+        turn = Turn(
+            role="user",
+            content=self.text,
+            tokens=self.s.counter.count(speaker_line(self.speaker.name, self.text)),
+            at=time.time(),
+            author_id=self.speaker.id,
+            author_name=self.speaker.name,
+            message_id=self.message_id,
+        )
+        return loaded.history, turn
+
+    async def _store(self, reply_turn: Turn, usage: TokenUsage) -> int:
+        """Keep the exchange (one atomic write that also releases the channel)."""
+        assert self._user_turn is not None and self._lock is not None
+        return await self.s.store.commit(
+            self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
+        )
+
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str]:
         assert self._stream is not None, "use `async with` before iterating"
-        async for delta in self._stream:
-            if self._first_token_at is None:
-                self._first_token_at = time.monotonic()
-                if self.s.metrics:
-                    self.s.metrics.observe_first_token(self._first_token_at - self._started)
-            yield delta
+        self.reading = True
+        try:
+            async for delta in self._stream:
+                if self._first_token_at is None:
+                    self._first_token_at = time.monotonic()
+                    if self.s.metrics:
+                        self.s.metrics.observe_first_token(self._first_token_at - self._started)
+                yield delta
+        finally:
+            self.reading = False
         await self._commit()
 
-    async def _commit(self) -> None:
+    async def stop_here(self) -> None:
+        """Keep what was streamed so far as the answer, marked as stopped (Stop button).
+
+        Called after the reading was cancelled mid-stream; the text the person saw is
+        everything streamed, so that is what the history keeps.
+        """
+        self.stopped = True
+        await self._commit(stopped=True)
+
+    async def _commit(self, *, stopped: bool = False) -> None:
         s, stream = self.s, self._stream
         assert stream is not None and self.context is not None and self._user_turn is not None
         assert self._lock is not None
@@ -167,14 +201,13 @@ class Reply:
             content=text,
             tokens=usage.completion_tokens,
             at=time.time(),
+            stopped=stopped,
         )
-        length = await s.store.commit(
-            self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
-        )
+        length = await self._store(reply_turn, usage)
         notes = []
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
-        finish = stream.finish_reason or "stop"
+        finish = "stopped" if stopped else stream.finish_reason or "stop"
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
         self.outcome = ReplyOutcome(text, finish, usage, notes, length)
@@ -267,3 +300,34 @@ class Reply:
             time.monotonic() - self._started if self._started else 0.0,
             exc_info=not expected,
         )
+
+
+class RegenerateReply(Reply):
+    """The latest question answered again; the new answer replaces the stored one.
+
+    The channel is held like any reply, so nothing can slip in between; the stored
+    exchange is checked twice: when loading (else `NotLatestAnswer` before the model is
+    called) and, atomically, when replacing (a /reset meanwhile wins).
+    """
+
+    def _question(self, loaded: Loaded) -> tuple[list[Turn], Turn]:
+        history = loaded.history
+        if (
+            len(history) < 2
+            or len(loaded.tail) != 2
+            or history[-2].role != "user"
+            or history[-2].message_id != self.message_id
+            or history[-1].role != "assistant"
+        ):
+            raise NotLatestAnswer()
+        self._expected = loaded.tail
+        return history[:-2], history[-2]
+
+    async def _store(self, reply_turn: Turn, usage: TokenUsage) -> int:
+        assert self._lock is not None
+        _, length = await self.s.store.replace_latest(
+            self.place, self._expected, reply_turn, self._lock
+        )
+        with contextlib.suppress(BotError):
+            await self.s.store.record_usage(self._usage_record(usage))
+        return length

@@ -55,6 +55,24 @@ else
 end
 return {1, redis.call('llen', KEYS[1])}
 """
+# Replace the channel's latest answer (Regenerate) only if the exchange read at load time
+# is still the last one, byte for byte, and the channel was not reset since.
+# KEYS: history, epoch. ARGV: epoch at load, expected question, expected answer, new answer,
+# TTL s (0: keep).
+_REPLACE = """
+local epoch = redis.call('get', KEYS[2])
+if epoch and epoch ~= ARGV[1] then
+  return {0, redis.call('llen', KEYS[1])}
+end
+if redis.call('lindex', KEYS[1], -2) ~= ARGV[2] or redis.call('lindex', KEYS[1], -1) ~= ARGV[3] then
+  return {0, redis.call('llen', KEYS[1])}
+end
+redis.call('lset', KEYS[1], -1, ARGV[4])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('expire', KEYS[1], ARGV[5])
+end
+return {1, redis.call('llen', KEYS[1])}
+"""
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
@@ -113,6 +131,9 @@ class Loaded:
     history: list[Turn]
     personas: PersonaLayers
     user_tokens_today: int
+    # The last two history entries exactly as stored: Regenerate replaces the answer only
+    # if they are unchanged (see `Store.replace_latest`).
+    tail: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +251,7 @@ class Store:
                     history=[Turn.from_json(r) for r in raw_history],
                     personas=self._parse_personas(personas, place),
                     user_tokens_today=sum(int(v or 0) for v in usage),
+                    tail=tuple(raw_history[-2:]),
                 )
             # Another process is answering in this channel: wait for it, in order.
             if time.monotonic() > deadline:
@@ -273,6 +295,46 @@ class Store:
                 "channel=%s was reset while answering: the exchange is not kept", place.channel_id
             )
         return int(length)
+
+    async def replace_latest(
+        self, place: Place, expected: tuple[str, ...], answer: Turn, lock: TurnLock
+    ) -> tuple[bool, int]:
+        """Put `answer` in place of the channel's latest answer and release the lock,
+        atomically, if the last exchange is still `expected` (as loaded under `lock`).
+
+        Returns (replaced, history length). Only the channel's own keys are touched (one
+        Cluster slot); the caller counts usage with `record_usage`.
+        """
+        k = self.keys
+        hist = k.history(place.channel_id)
+        if len(expected) != 2:
+            raise ValueError("expected must be the last question and answer as stored")
+
+        async def write() -> list[Any]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.eval(
+                    _REPLACE,
+                    2,
+                    hist,
+                    k.epoch(place.channel_id),
+                    lock.epoch,
+                    expected[0],
+                    expected[1],
+                    answer.to_json(),
+                    self.retention_s,
+                )
+                pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
+                return await pipe.execute()
+
+        result = await self._call(write)
+        lock.held = False
+        replaced, length = result[0]
+        if not int(replaced):
+            log.info(
+                "channel=%s changed while regenerating: the answer is not replaced",
+                place.channel_id,
+            )
+        return bool(int(replaced)), int(length)
 
     async def record_usage(self, usage: UsageRecord) -> None:
         """Count tokens of a reply that failed part-way: they were spent all the same."""
