@@ -24,6 +24,7 @@ from bot.client import ChatBot, bucket_key, place_of, send_ephemeral
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
 from bot.errors import (
+    AnswerInProgress,
     BotError,
     EmptyMessage,
     MemoryUnavailable,
@@ -229,7 +230,13 @@ class Chat(commands.Cog):
         speaker = Speaker(message.author.id, message.author.display_name)
         place = place_of(message.channel)
         if running is None:
-            running = self.services.controls.begin(place.channel_id, message.id, message.author.id)
+            try:
+                running = self.services.controls.begin(
+                    place.channel_id, message.id, message.author.id
+                )
+            except AnswerInProgress:
+                log.info("message %s is already being answered", message.id)  # a replay
+                return
         conversation = self.services.conversations
         await self.deliver(
             message,

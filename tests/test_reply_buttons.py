@@ -311,3 +311,34 @@ async def test_stop_pressed_as_the_stream_ends(h: BotHarness) -> None:
     assert len(turns) == 4 and turns[3].stopped
     assert turns[3].content == final.content.removesuffix(STOPPED)
     assert h.discord.count_429() == 0
+
+
+async def test_a_stop_left_behind_is_put_right(h: BotHarness) -> None:
+    # Discord refuses the reply's last edits: Stop stays under a finished reply.
+    h.discord.fail_next("PATCH", rf"/channels/{h.channel}/messages/\d+$", 403, count=6)
+    question = await h.say("hello")
+    await h.settle()
+    part = h.replies_to(question)[-1]
+    assert button_ids(part) == [cid("stop", question, h.user)]
+    record = await press(h, part, cid("stop", question, h.user))
+    assert record.response_type == 7, "the press itself puts the final buttons back"
+    assert button_ids(part) == [cid("regen", question, h.user)]
+    await record.wait_until(lambda r: r.followups)
+    assert "already finished" in record.all_content and record.followups[0].ephemeral
+    assert record.payload["type"] == 3 and record.payload["message"]["id"] == str(part.id)
+    assert "permissions" in record.payload["member"]
+    assert record.callback is not None and record.callback.time - record.created < 3
+
+    # After a restart nothing is known about it: the stale Stop is just taken away.
+    h.discord.fail_next("PATCH", rf"/channels/{h.channel}/messages/\d+$", 403, count=6)
+    second = await h.say("hello again")
+    await h.settle()
+    stale = h.replies_to(second)[-1]
+    assert button_ids(stale) == [cid("stop", second, h.user)]
+    h.discord.clear_faults()
+    await h.stop()
+    await h.start()
+    record = await press(h, stale, cid("stop", second, h.user))
+    assert record.response_type == 7 and button_ids(stale) == []
+    turns = await history(h)
+    assert len(turns) == 4 and not any(t.stopped for t in turns)
