@@ -366,8 +366,13 @@ class Chat(commands.Cog):
             await self.bot.budget.acquire(bucket_key("delete", part.channel.id))
             try:
                 await part.delete()
+            except discord.NotFound:
+                pass  # someone deleted it already
             except discord.HTTPException as exc:
-                log.warning("could not delete an old reply part in %s: %s", part.channel.id, exc)
+                # Text only: a record holding the exception would keep the whole reply alive.
+                log.warning(
+                    "could not delete an old reply part in %s: HTTP %s", part.channel.id, exc.status
+                )
 
     async def retire_previous(self, running: RunningReply, renderer: ReplyRenderer) -> None:
         """The channel's previous answer is no longer the latest: its Regenerate goes
@@ -382,8 +387,12 @@ class Chat(commands.Cog):
         await self.bot.budget.acquire(bucket_key("edit", running.channel_id))
         try:
             await previous.handle.edit(view=None)
+        except discord.NotFound:
+            pass  # the old reply was deleted: no button left to take away
         except discord.HTTPException as exc:
-            log.warning("could not remove old buttons in %s: %s", running.channel_id, exc)
+            log.warning(
+                "could not remove old buttons in %s: HTTP %s", running.channel_id, exc.status
+            )
 
 
 async def setup(bot: ChatBot) -> None:

@@ -42,6 +42,8 @@ _LOOKS: dict[str, tuple[str, str]] = {
 # Channels whose latest reply's last message is remembered (so its Regenerate button can
 # be taken away when a newer answer arrives); the oldest are forgotten past this.
 MAX_REMEMBERED = 10_000
+# Ended replies whose final buttons are remembered, for a Stop press that arrives late.
+MAX_ENDED = 1_000
 
 
 def custom_id(action: Action, question_id: int, asker_id: int) -> str:
@@ -51,6 +53,15 @@ def custom_id(action: Action, question_id: int, asker_id: int) -> str:
 def button(action: Action, question_id: int, asker_id: int) -> Button:
     label, emoji = _LOOKS[action]
     return Button(custom_id(action, question_id, asker_id), label, emoji)
+
+
+def button_for(cid: str) -> Button:
+    """The button a custom id of ours stands for."""
+    match = CUSTOM_ID.fullmatch(cid)
+    if match is None:
+        raise ValueError(f"not a reply button: {cid!r}")
+    action = cast(Action, match["action"])
+    return button(action, int(match["question"]), int(match["asker"]))
 
 
 def may_press(presser_id: int, asker_id: int, *, in_guild: bool, manage_messages: bool) -> bool:
@@ -109,8 +120,8 @@ class ReplyControls:
         self._running: dict[int, RunningReply] = {}  # by question id
         self._channels: dict[int, int] = {}  # channel id -> number of running replies
         self._latest: OrderedDict[int, Latest] = OrderedDict()
-        # Recently ended replies' final buttons, by question id (late Stop presses).
-        self._ended: OrderedDict[int, tuple[Button, ...]] = OrderedDict()
+        # Recently ended replies' final buttons (custom ids), by question id.
+        self._ended: OrderedDict[int, tuple[str, ...]] = OrderedDict()
 
     def begin(
         self, channel_id: int, question_id: int, asker_id: int, *, regenerating: bool = False
@@ -127,8 +138,8 @@ class ReplyControls:
         if self._running.get(running.question_id) is not running:
             return
         del self._running[running.question_id]
-        self._ended[running.question_id] = running.final
-        while len(self._ended) > MAX_REMEMBERED:
+        self._ended[running.question_id] = tuple(b.custom_id for b in running.final)
+        while len(self._ended) > MAX_ENDED:
             self._ended.popitem(last=False)
         left = self._channels[running.channel_id] - 1
         if left:
@@ -145,7 +156,8 @@ class ReplyControls:
 
     def ended_with(self, question_id: int) -> tuple[Button, ...] | None:
         """The buttons a reply of this process ended with; None if unknown (restart)."""
-        return self._ended.get(question_id)
+        ended = self._ended.get(question_id)
+        return None if ended is None else tuple(button_for(c) for c in ended)
 
     def stop(self, question_id: int) -> bool:
         """Ask the reply to `question_id` to stop. True if it is cut now (or already
