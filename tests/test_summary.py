@@ -39,6 +39,7 @@ from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store, UsageRecord
 from bot.models import Place, Speaker, Summary, TokenUsage, Turn
 from bot.services import Services, open_services
+from tests.harness import running_bot
 from tests.standin.llm_api import Behavior, LLMStandIn, lorem, summarize_reply
 
 COUNTER = TokenCounter()
@@ -460,3 +461,67 @@ async def test_console_memory_and_export(
 async def _until(predicate: Any) -> None:
     while not predicate():
         await asyncio.sleep(0.02)
+
+
+# --- /memory over the wire -----------------------------------------------------------
+
+
+async def test_memory_show_and_export_in_discord(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    overrides = {
+        "llm": {"context_tokens": 700, "max_tokens": 100},
+        "history": {"summary_tokens": 150},
+    }
+    async with running_bot(redis_server.url, overrides=overrides) as h:
+        assert h.services is not None
+        summaries = h.services.summaries
+        await h.ask(LOCKER)
+        i = 0
+        while summaries.folds == 0:
+            assert i < 12, "no summary was written"
+            await h.ask(padded(i))
+            await summaries.wait_idle()
+            i += 1
+        history = await h.services.store.history(h.channel)
+        snap = await h.services.store.snapshot(h.channel)
+        assert snap.summary is not None
+
+        show = await h.slash("memory show", user_id=h.user)
+        assert show.ephemeral
+        text = show.embeds[0]["description"]
+        assert f"**{len(history)}** messages stored" in text
+        assert f"Summary of {snap.summary.turns} earlier messages" in text
+        assert LOCKER in text
+
+        export = await h.slash("memory export", user_id=h.user)
+        assert export.ephemeral
+        files = {a["filename"].rsplit(".", 1)[1]: a for a in export.original.attachments}
+        assert set(files) == {"md", "json"}
+        blob = h.discord.attachment_blobs
+        data = json.loads(blob[int(files["json"]["id"])][0])
+        assert data["summary"]["text"] == snap.summary.text
+        assert [t["content"] for t in data["turns"]] == [t.content for t in history]
+        md = blob[int(files["md"]["id"])][0].decode()
+        assert "## Summary of" in md and LOCKER in md and history[-1].content in md
+        assert not any(LOCKER in t.content for t in history), "only the summary has it"
+
+
+async def test_memory_show_in_a_dm_and_after_reset(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    async with running_bot(redis_server.url, allow_dms=True) as h:
+        dm = h.discord.open_dm(h.user)
+        await h.discord.flush()
+        in_dm = {"strict": False, "channel_id": dm, "user_id": h.user, "guild_id": None}
+        await h.ask("hello in private", channel=dm, mention=False)
+        record = await h.slash("memory show", {}, **in_dm)
+        assert record.ephemeral
+        assert "**2** messages stored; the newest **2** fit" in record.embeds[0]["description"]
+        await h.slash("reset", {}, **in_dm)
+        record = await h.slash("memory show", {}, **in_dm)
+        assert "**0** messages stored" in record.embeds[0]["description"]
+        export = await h.slash("memory export", {}, **in_dm)
+        md = next(a for a in export.original.attachments if a["filename"].endswith(".md"))
+        text = h.discord.attachment_blobs[int(md["id"])][0].decode()
+        assert "Nothing is stored for this channel." in text
