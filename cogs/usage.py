@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.usage import describe, summary_line
+from bot.chat.usage import describe
 from bot.client import ChatBot, require, send_ephemeral
 from bot.errors import BotError
 
@@ -49,8 +49,6 @@ class Usage(commands.Cog):
             ("30 days", report.month),
         ):
             embed.add_field(name=label, value=describe(totals, report.currency))
-        if report.month.summary_requests:
-            embed.add_field(name="Summaries", value=summary_line(report.month), inline=False)
         if report.month.has_estimates:
             embed.set_footer(
                 text="Estimated figures: the provider reported no usage for some replies."

@@ -459,8 +459,11 @@ async def test_console_memory_and_export(
 
 
 async def _until(predicate: Any) -> None:
-    while not predicate():
+    for _ in range(1000):
+        if predicate():
+            return
         await asyncio.sleep(0.02)
+    raise TimeoutError(predicate)
 
 
 # --- /memory over the wire -----------------------------------------------------------
@@ -505,6 +508,13 @@ async def test_memory_show_and_export_in_discord(
         md = blob[int(files["md"]["id"])][0].decode()
         assert "## Summary of" in md and LOCKER in md and history[-1].content in md
         assert not any(LOCKER in t.content for t in history), "only the summary has it"
+
+        usage = await h.slash("usage", {"scope": "channel"})
+        fields = {f["name"]: f["value"] for f in usage.embeds[0]["fields"]}
+        calls = len(h.llm.summary_requests)
+        spent = sum(r.prompt_tokens + len(r.chunks) for r in h.llm.summary_requests)
+        noun = "summary" if calls == 1 else "summaries"
+        assert f"incl. {spent:,} for {calls} {noun} of old messages" in fields["Today"]
 
 
 async def test_memory_show_in_a_dm_and_after_reset(

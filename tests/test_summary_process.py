@@ -88,11 +88,10 @@ async def _scenario(workdir: Path) -> Outcome:
                     await final_reply(standin, msg, timeout=30)
                 sent += batch
             # Let the last summaries finish.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while loop.time() < deadline and (
-                not llm.summary_requests or any(r.finished is None for r in llm.summary_requests)
-            ):
+            for _ in range(200):
+                requests = llm.summary_requests
+                if requests and all(r.finished is not None for r in requests):
+                    break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)
             history = read_history(server.url, channel)
