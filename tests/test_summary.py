@@ -201,6 +201,16 @@ async def test_reset_removes_the_summary_and_commit_keeps_its_ttl(
     assert not await redis_client.exists(key)
 
 
+async def test_the_summarising_lease_is_taken_once(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client)
+    assert await store.claim_summarizing(HERE.channel_id, "a", 30)
+    assert not await store.claim_summarizing(HERE.channel_id, "b", 30)
+    await store.release_summarizing(HERE.channel_id, "b")  # not b's to release
+    assert not await store.claim_summarizing(HERE.channel_id, "b", 30)
+    await store.release_summarizing(HERE.channel_id, "a")
+    assert await store.claim_summarizing(HERE.channel_id, "b", 30)
+
+
 # --- the summariser end to end -------------------------------------------------------
 
 
@@ -535,3 +545,32 @@ async def test_memory_show_in_a_dm_and_after_reset(
         md = next(a for a in export.original.attachments if a["filename"].endswith(".md"))
         text = h.discord.attachment_blobs[int(md["id"])][0].decode()
         assert "Nothing is stored for this channel." in text
+
+
+async def test_summary_model_and_cap_reach_the_server(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+) -> None:
+    config = small_config(redis_server.url, llm.base_url, summary_model="small-summariser")
+    async with open_services(config) as services:
+        await chat_until_folded(services)
+    body = llm.summary_requests[0].body
+    assert body["model"] == "small-summariser" and body["max_tokens"] == 150
+    assert body["messages"][0]["content"].startswith("You keep the running summary")
+    assert all(r.body["model"] == "stand-in" for r in llm.chat_requests)
+
+
+async def test_a_summary_cut_off_mid_way_counts_its_tokens_and_stores_nothing(
+    services: Services, llm: LLMStandIn
+) -> None:
+    llm.push_summary(Behavior(reply=summarize_reply, drop_after=2))
+    services.summaries.retry_delays = ()
+    i = 0
+    while not llm.summary_requests:
+        await ask(services, padded(i))
+        await services.summaries.wait_idle()
+        i += 1
+    assert llm.summary_requests[0].outcome == "drop"
+    snap = await services.store.snapshot(HERE.channel_id)
+    assert snap.summary is None and len(snap.history) == 2 * i
+    channel = await services.usage.report("channel", HERE.channel_id)
+    assert channel.today.summary_requests == 1 and channel.today.summary_completion > 0

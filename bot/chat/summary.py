@@ -294,16 +294,18 @@ class SummaryService:
         ]
         messages = summarising_messages(self.history.summary_prompt, previous, lines, self.cap)
         started = time.monotonic()
-        async with self.llm.stream(messages) as stream:
-            async for _ in stream:
-                pass
+        stream = self.llm.stream(messages)
+        try:
+            async with stream:
+                async for _ in stream:
+                    pass
+        except LLMError:
+            if stream.text:  # cut off mid-way: those tokens were spent all the same
+                await self._record(place, stream.model, self._usage(None, messages, stream.text))
+            raise
         text = stream.text.strip()
-        usage = self._usage(stream.usage, messages, text)
-        model = stream.model or self.llm.config.model
         # Spent whether or not the fold is stored.
-        await self.store.record_usage(
-            UsageRecord(0, place.channel_id, place.guild_id, model, usage, kind="summary")
-        )
+        await self._record(place, stream.model, self._usage(stream.usage, messages, text))
         if not text:
             raise LLMEmptyReply()
         summary = Summary(
@@ -324,6 +326,12 @@ class SummaryService:
         if stored:
             self.folds += 1
         return stored
+
+    async def _record(self, place: Place, model: str | None, usage: TokenUsage) -> None:
+        rec = UsageRecord(
+            0, place.channel_id, place.guild_id, model or self.llm.config.model, usage, "summary"
+        )
+        await self.store.record_usage(rec)
 
     def _usage(self, reported: Any, messages: list[dict[str, Any]], text: str) -> TokenUsage:
         if reported is not None and reported.prompt_tokens > 0:
