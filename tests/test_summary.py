@@ -574,3 +574,24 @@ async def test_a_summary_cut_off_mid_way_counts_its_tokens_and_stores_nothing(
     assert snap.summary is None and len(snap.history) == 2 * i
     channel = await services.usage.report("channel", HERE.channel_id)
     assert channel.today.summary_requests == 1 and channel.today.summary_completion > 0
+
+
+async def test_turns_past_max_turns_are_folded_too(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+) -> None:
+    config = small_config(redis_server.url, llm.base_url)
+    config = Config(
+        llm=LLMConfig(base_url=llm.base_url, model="stand-in", max_retries=0),
+        redis=config.redis,
+        history=HistoryConfig(max_turns=6),
+        persona=config.persona,
+    )
+    async with open_services(config) as services:
+        for i in range(5):
+            await ask(services, f"short {i}")
+            await services.summaries.wait_idle()
+        snap = await services.store.snapshot(HERE.channel_id)
+    assert snap.summary is not None
+    assert len(snap.history) <= 6
+    check_nothing_lost(snap.history, snap.summary, 10)
+    assert snap.summary.text.splitlines()[0] == "- Ann: short 0"
