@@ -4,6 +4,9 @@ Why it looks like this:
 - One turn of conversation costs two round trips: `load()` (lock + persona + history +
   today's usage in one pipeline) and `commit()` (one MULTI/EXEC that appends both turns,
   trims, bumps usage, refreshes the TTL and releases the lock).
+- The rolling summary of turns that left the history sits next to it (`load()` reads it
+  too). `fold()` swaps the oldest turns for the summary covering them in one Lua call,
+  guarded like the commit by the reset epoch, so no turn is lost or duplicated.
 - Every key of a channel carries the hash tag `{c<id>}` so a channel's keys share one
   Redis Cluster slot; server keys use `{g<id>}` and user keys `{u<id>}`.
 - The per-channel lock lives in Redis, so several bot processes sharing one Redis never
