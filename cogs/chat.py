@@ -28,6 +28,7 @@ from bot.errors import (
     BotError,
     EmptyMessage,
     MemoryUnavailable,
+    NotLatestAnswer,
     QuestionGone,
     Throttled,
     user_message,
@@ -351,6 +352,8 @@ class Chat(commands.Cog):
                     # Nothing new was shown: the earlier messages stay as they were.
                     await renderer.finish()
                     await send_ephemeral(interaction, f"⚠️ {user_message(exc)}")
+                    if isinstance(exc, NotLatestAnswer) and interaction.message is not None:
+                        await self.take_buttons(interaction.message)  # a stale Regenerate
                 else:
                     renderer.set_buttons(running.buttons_when_failed(exc))
                     await renderer.fail(f"⚠️ {user_message(exc)}")
@@ -374,6 +377,18 @@ class Chat(commands.Cog):
                     "could not delete an old reply part in %s: HTTP %s", part.channel.id, exc.status
                 )
 
+    async def take_buttons(self, message: discord.Message) -> None:
+        """Remove the buttons under one of the bot's messages (one edit, in the budget)."""
+        await self.bot.budget.acquire(bucket_key("edit", message.channel.id))
+        try:
+            await message.edit(view=None)
+        except discord.NotFound:
+            pass  # deleted: no button left to take away
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not remove old buttons in %s: HTTP %s", message.channel.id, exc.status
+            )
+
     async def retire_previous(self, running: RunningReply, renderer: ReplyRenderer) -> None:
         """The channel's previous answer is no longer the latest: its Regenerate goes
         (one edit, within the budget)."""
@@ -382,17 +397,9 @@ class Chat(commands.Cog):
         previous = self.services.controls.swap_latest(
             running.channel_id, running.question_id, renderer.stats.handles[-1]
         )
-        if previous is None or not isinstance(previous.handle, discord.Message):
-            return
-        await self.bot.budget.acquire(bucket_key("edit", running.channel_id))
-        try:
-            await previous.handle.edit(view=None)
-        except discord.NotFound:
-            pass  # the old reply was deleted: no button left to take away
-        except discord.HTTPException as exc:
-            log.warning(
-                "could not remove old buttons in %s: HTTP %s", running.channel_id, exc.status
-            )
+        handle = previous.handle if previous is not None else None
+        if isinstance(handle, discord.Message):
+            await self.take_buttons(handle)
 
 
 async def setup(bot: ChatBot) -> None:

@@ -165,7 +165,8 @@ async def test_only_the_latest_answer_keeps_regenerate(h: BotHarness) -> None:
     await record.wait_until(lambda r: r.followups)
     assert record.response_type == 6 and record.followups[0].ephemeral
     assert "Only the latest answer" in record.all_content
-    assert second.content == "Echo: alice: second"
+    await h.wait(lambda: button_ids(second) == [])
+    assert second.content == "Echo: alice: second", "the stale button went, nothing else"
     assert len(h.llm.chat_requests) == 3
     assert len(await history(h)) == 6
 
