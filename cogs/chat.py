@@ -20,7 +20,7 @@ from discord.ext import commands
 
 from bot.chat.controls import RunningReply
 from bot.chat.conversation import Reply
-from bot.client import ChatBot, bucket_key, place_of, send_ephemeral
+from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
 from bot.errors import (
@@ -28,8 +28,6 @@ from bot.errors import (
     BotError,
     EmptyMessage,
     MemoryUnavailable,
-    NotLatestAnswer,
-    QuestionGone,
     Throttled,
     user_message,
 )
@@ -40,8 +38,6 @@ log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
 INTERRUPTED = "⚠️ Interrupted: the bot is restarting. Ask again in a moment."
 STOPPED = "-# ⏹ Stopped."
-# A reply longer than this many messages is not looked for further (Regenerate, Retry).
-MAX_PARTS = 20
 
 
 def button_view(buttons: tuple[Button, ...]) -> discord.ui.View | None:
@@ -108,40 +104,6 @@ class DiscordSink:
 
     def bucket(self, kind: str) -> str:
         return bucket_key(kind, self.channel.id)
-
-
-class ReuseSink(DiscordSink):
-    """A new answer shown in the messages of an earlier one (Regenerate, Retry).
-
-    The renderer's first sends edit the old parts in order (so they take the edit
-    bucket's budget); past them it posts new parts. Old parts left over are for the
-    caller to delete once the new answer is shown.
-    """
-
-    def __init__(
-        self, question: discord.Message | discord.PartialMessage, parts: list[discord.Message]
-    ) -> None:
-        super().__init__(question)
-        self.old = list(parts)
-        self.reused = 0
-
-    async def send(
-        self, content: str, reply_to: object | None, buttons: tuple[Button, ...]
-    ) -> object:
-        if not self.old:
-            return await super().send(content, reply_to, buttons)
-        handle = self.old[0]
-        await self.edit(handle, content, buttons)
-        self.old.pop(0)  # only once shown: a failed edit is tried again on this part
-        self.reused += 1
-        return handle
-
-    def bucket(self, kind: str) -> str:
-        return super().bucket("edit" if kind == "send" and self.old else kind)
-
-    def leftovers(self) -> list[discord.Message]:
-        """Old parts the new answer did not need (none if it showed nothing)."""
-        return list(self.old) if self.reused else []
 
 
 def readable_text(message: discord.Message, bot_id: int) -> str:
@@ -226,7 +188,7 @@ class Chat(commands.Cog):
         *,
         sink: DiscordSink | None = None,
         running: RunningReply | None = None,
-        interaction: discord.Interaction[ChatBot] | None = None,
+        press: bool = False,
     ) -> None:
         speaker = Speaker(message.author.id, message.author.display_name)
         place = place_of(message.channel)
@@ -244,72 +206,8 @@ class Chat(commands.Cog):
             sink or DiscordSink(message),
             running,
             lambda: conversation.reply(place, speaker, text, message_id=message.id),
-            interaction,
+            press=press,
         )
-
-    async def regenerate(
-        self, interaction: discord.Interaction[ChatBot], running: RunningReply
-    ) -> None:
-        """Answer the latest question again in the pressed reply's messages."""
-        channel = interaction.channel
-        assert isinstance(channel, discord.abc.Messageable) and interaction.message is not None
-        question = channel.get_partial_message(running.question_id)  # type: ignore[union-attr]
-        parts = await self.reply_parts(interaction.message, running.question_id)
-        speaker = Speaker(interaction.user.id, interaction.user.display_name)
-        place = place_of(channel)
-        conversation = self.services.conversations
-        await self.deliver(
-            question,
-            ReuseSink(question, parts),
-            running,
-            lambda: conversation.regenerate(place, speaker, running.question_id),
-            interaction,
-        )
-
-    async def retry(self, interaction: discord.Interaction[ChatBot], running: RunningReply) -> None:
-        """Ask the failed reply's question again, shown in the failed reply's messages."""
-        channel = interaction.channel
-        assert isinstance(channel, discord.abc.Messageable) and interaction.message is not None
-        assert self.bot.user is not None
-        question = discord.utils.get(self.bot.cached_messages, id=running.question_id)
-        if question is None:
-            try:
-                question = await channel.fetch_message(running.question_id)
-            except discord.NotFound:
-                raise QuestionGone() from None
-        parts = await self.reply_parts(interaction.message, running.question_id)
-        text = readable_text(question, self.bot.user.id)
-        await self.answer(
-            question,
-            text,
-            sink=ReuseSink(question, parts),
-            running=running,
-            interaction=interaction,
-        )
-
-    async def reply_parts(self, last: discord.Message, question_id: int) -> list[discord.Message]:
-        """The bot's messages of one reply, first to `last`: each part replies to the
-        previous one, the first to the question."""
-        assert self.bot.user is not None
-        parts = [last]
-        current = last
-        while len(parts) < MAX_PARTS:
-            ref = current.reference
-            if ref is None or ref.message_id is None or ref.message_id == question_id:
-                break
-            previous = ref.resolved if isinstance(ref.resolved, discord.Message) else None
-            previous = previous or discord.utils.get(self.bot.cached_messages, id=ref.message_id)
-            if previous is None:
-                try:
-                    previous = await current.channel.fetch_message(ref.message_id)
-                except discord.HTTPException:
-                    break
-            if previous.author.id != self.bot.user.id:
-                break
-            parts.append(previous)
-            current = previous
-        parts.reverse()
-        return parts
 
     async def deliver(
         self,
@@ -317,11 +215,12 @@ class Chat(commands.Cog):
         sink: DiscordSink,
         running: RunningReply,
         open_reply: Callable[[], AbstractAsyncContextManager[Reply]],
-        interaction: discord.Interaction[ChatBot] | None = None,
+        *,
+        press: bool = False,
     ) -> None:
         """Stream one reply into `sink` with its buttons: Stop while it is written, then
-        Regenerate (stored) or Retry (failed). `interaction`: the press that asked for
-        it, told privately when the reply fails before showing anything."""
+        Regenerate (stored) or Retry (failed). `press`: a button asked for it; a failure
+        before any text is then raised (for the presser) and the old messages stay."""
         controls = self.services.controls
         renderer = ReplyRenderer(sink, self.bot.budget, edit_interval=self.config.edit_interval)
         renderer.set_buttons(running.buttons_while_running())
@@ -337,7 +236,6 @@ class Chat(commands.Cog):
                 else:
                     await renderer.finish()
                 metrics.observe_final_edit(time.monotonic() - started)
-                await self.drop_leftovers(sink)
                 await self.retire_previous(running, renderer)
                 if reply.outcome and reply.outcome.notes:
                     await self.notice(question, "\n".join(f"-# {n}" for n in reply.outcome.notes))
@@ -348,34 +246,13 @@ class Chat(commands.Cog):
             except Exception as exc:
                 if not isinstance(exc, BotError):
                     log.exception("reply in channel %s failed", running.channel_id)
-                if interaction is not None and not renderer.text:
-                    # Nothing new was shown: the earlier messages stay as they were.
-                    await renderer.finish()
-                    await send_ephemeral(interaction, f"⚠️ {user_message(exc)}")
-                    if isinstance(exc, NotLatestAnswer) and interaction.message is not None:
-                        await self.take_buttons(interaction.message)  # a stale Regenerate
-                else:
-                    renderer.set_buttons(running.buttons_when_failed(exc))
-                    await renderer.fail(f"⚠️ {user_message(exc)}")
-                    await self.drop_leftovers(sink)
+                if press and not renderer.text:
+                    await renderer.finish()  # nothing new shown: the old messages stay
+                    raise
+                renderer.set_buttons(running.buttons_when_failed(exc))
+                await renderer.fail(f"⚠️ {user_message(exc)}")
             finally:
                 controls.end(running)
-
-    async def drop_leftovers(self, sink: DiscordSink) -> None:
-        """Delete the old parts a shorter new answer did not need, within the budget."""
-        if not isinstance(sink, ReuseSink):
-            return
-        for part in sink.leftovers():
-            await self.bot.budget.acquire(bucket_key("delete", part.channel.id))
-            try:
-                await part.delete()
-            except discord.NotFound:
-                pass  # someone deleted it already
-            except discord.HTTPException as exc:
-                # Text only: a record holding the exception would keep the whole reply alive.
-                log.warning(
-                    "could not delete an old reply part in %s: HTTP %s", part.channel.id, exc.status
-                )
 
     async def take_buttons(self, message: discord.Message) -> None:
         """Remove the buttons under one of the bot's messages (one edit, in the budget)."""

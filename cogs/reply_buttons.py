@@ -15,13 +15,58 @@ import discord
 from discord.ext import commands
 
 from bot.chat.controls import CUSTOM_ID, Action, RunningReply, custom_id, may_press
-from bot.client import ChatBot, send_ephemeral
-from bot.errors import AnswerFinished, AnswerInProgress, BotError, NotYourReply, user_message
-from cogs.chat import Chat, button_view
+from bot.client import ChatBot, bucket_key, place_of, send_ephemeral
+from bot.errors import (
+    AnswerFinished,
+    AnswerInProgress,
+    BotError,
+    NotLatestAnswer,
+    NotYourReply,
+    QuestionGone,
+    user_message,
+)
+from bot.models import Button, Speaker
+from cogs.chat import Chat, DiscordSink, button_view, readable_text
 
 log = logging.getLogger(__name__)
 
 RESTARTING = "The bot is restarting. Try again in a moment."
+# A reply longer than this many messages is not looked for further.
+MAX_PARTS = 20
+
+
+class ReuseSink(DiscordSink):
+    """A new answer shown in the messages of an earlier one (Regenerate, Retry).
+
+    The renderer's first sends edit the old parts in order (so they take the edit
+    bucket's budget); past them it posts new parts. Old parts left over are for the
+    caller to delete once the new answer is shown.
+    """
+
+    def __init__(
+        self, question: discord.Message | discord.PartialMessage, parts: list[discord.Message]
+    ) -> None:
+        super().__init__(question)
+        self.old = list(parts)
+        self.reused = 0
+
+    async def send(
+        self, content: str, reply_to: object | None, buttons: tuple[Button, ...]
+    ) -> object:
+        if not self.old:
+            return await super().send(content, reply_to, buttons)
+        handle = self.old[0]
+        await self.edit(handle, content, buttons)
+        self.old.pop(0)  # only once shown: a failed edit is tried again on this part
+        self.reused += 1
+        return handle
+
+    def bucket(self, kind: str) -> str:
+        return super().bucket("edit" if kind == "send" and self.old else kind)
+
+    def leftovers(self) -> list[discord.Message]:
+        """Old parts the new answer did not need (none if it showed nothing)."""
+        return list(self.old) if self.reused else []
 
 
 class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID):
@@ -115,20 +160,97 @@ class ReplyButtons(commands.Cog):
     async def answer_again(
         self, interaction: discord.Interaction[ChatBot], action: Action, running: RunningReply
     ) -> None:
+        """Stream the new answer into the pressed reply's messages; tell the presser
+        privately if it fails before showing anything."""
         try:
             chat = self.bot.get_cog(Chat.__cog_name__)
-            if not isinstance(chat, Chat):
+            channel = interaction.channel
+            if not isinstance(chat, Chat) or not isinstance(channel, discord.abc.Messageable):
                 raise BotError(RESTARTING)
+            assert interaction.message is not None
             if action == "regen":
-                await chat.regenerate(interaction, running)
+                question: discord.Message | discord.PartialMessage = discord.PartialMessage(
+                    channel=channel,
+                    id=running.question_id,
+                )
             else:
-                await chat.retry(interaction, running)
+                question = await self.question(channel, running.question_id)
+            parts = await self.reply_parts(interaction.message, running.question_id)
+            sink = ReuseSink(question, parts)
+            if action == "regen":
+                speaker = Speaker(interaction.user.id, interaction.user.display_name)
+                place = place_of(channel)
+                conversation = self.bot.services.conversations
+                await chat.deliver(
+                    question,
+                    sink,
+                    running,
+                    lambda: conversation.regenerate(place, speaker, running.question_id),
+                    press=True,
+                )
+            else:
+                assert isinstance(question, discord.Message) and self.bot.user is not None
+                text = readable_text(question, self.bot.user.id)
+                await chat.answer(question, text, sink=sink, running=running, press=True)
+            await self.drop_leftovers(sink)
         except Exception as exc:
             if not isinstance(exc, BotError):
                 log.exception("%s in channel %s failed", action, running.channel_id)
-            await send_ephemeral(interaction, user_message(exc))
+            await send_ephemeral(interaction, f"⚠️ {user_message(exc)}")
+            if isinstance(exc, NotLatestAnswer) and interaction.message is not None:
+                chat = self.bot.get_cog(Chat.__cog_name__)
+                if isinstance(chat, Chat):
+                    await chat.take_buttons(interaction.message)  # a stale Regenerate
         finally:
             self.controls.end(running)
+
+    async def question(self, channel: discord.abc.Messageable, question_id: int) -> discord.Message:
+        """The message that was asked (cached, else fetched)."""
+        found = discord.utils.get(self.bot.cached_messages, id=question_id)
+        if found is not None:
+            return found
+        try:
+            return await channel.fetch_message(question_id)
+        except discord.NotFound:
+            raise QuestionGone() from None
+
+    async def reply_parts(self, last: discord.Message, question_id: int) -> list[discord.Message]:
+        """The bot's messages of one reply, first to `last`: each part replies to the
+        previous one, the first to the question."""
+        assert self.bot.user is not None
+        parts = [last]
+        current = last
+        while len(parts) < MAX_PARTS:
+            ref = current.reference
+            if ref is None or ref.message_id is None or ref.message_id == question_id:
+                break
+            previous = ref.resolved if isinstance(ref.resolved, discord.Message) else None
+            previous = previous or discord.utils.get(self.bot.cached_messages, id=ref.message_id)
+            if previous is None:
+                try:
+                    previous = await current.channel.fetch_message(ref.message_id)
+                except discord.HTTPException:
+                    break
+            if previous.author.id != self.bot.user.id:
+                break
+            parts.append(previous)
+            current = previous
+        parts.reverse()
+        return parts
+
+    async def drop_leftovers(self, sink: ReuseSink) -> None:
+        """Delete the old parts a shorter new answer did not need, within the budget."""
+        for part in sink.leftovers():
+            await self.bot.budget.acquire(bucket_key("delete", part.channel.id))
+            try:
+                await part.delete()
+            except discord.NotFound:
+                pass  # someone deleted it already
+            except discord.HTTPException as exc:
+                # Text only: a record holding the exception would keep the whole reply alive.
+                log.warning(
+                    "could not delete an old reply part in %s: HTTP %s", part.channel.id, exc.status
+                )
 
 
 async def setup(bot: ChatBot) -> None:
