@@ -143,6 +143,26 @@ async def test_regenerate_edits_in_place_and_replaces_the_stored_answer(h: BotHa
     assert h.discord.count_429() == 0
 
 
+async def test_stop_during_a_regeneration_keeps_the_partial_new_answer(h: BotHarness) -> None:
+    question = await h.say("first")
+    await h.settle()
+    last = h.replies_to(question)[-1]
+    h.llm.push(Behavior(reply_tokens=300, tps=30))
+    await press(h, last, cid("regen", question, h.user))
+    await h.wait(
+        lambda: cid("stop", question, h.user) in button_ids(last) and len(last.history) > 4
+    )
+    record = await press(h, last, cid("stop", question, h.user))
+    assert record.response_type == 6
+    await h.settle()
+    assert last.content.endswith(STOPPED)
+    assert button_ids(last) == [cid("regen", question, h.user)]
+    turns = await history(h)
+    assert len(turns) == 2 and turns[1].stopped
+    assert turns[1].content == last.content.removesuffix(STOPPED)
+    assert h.llm.chat_requests[-1].disconnected is not None
+
+
 async def test_only_the_latest_answer_keeps_regenerate(h: BotHarness) -> None:
     first_q = await h.say("first")
     await h.settle()

@@ -115,7 +115,6 @@ class Reply:
         self._persona_tokens = 0
         # True while the model's stream is read: only then may Stop cut the reply.
         self.reading = False
-        self.stopped = False
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -193,7 +192,6 @@ class Reply:
         Called after the reading was cancelled mid-stream; the text the person saw is
         everything streamed, so that is what the history keeps.
         """
-        self.stopped = True
         await self._commit(stopped=True)
 
     async def _commit(self, *, stopped: bool = False) -> None:
