@@ -254,7 +254,7 @@ class Chat(commands.Cog):
             finally:
                 controls.end(running)
 
-    async def take_buttons(self, message: discord.Message) -> None:
+    async def take_buttons(self, message: discord.Message | discord.PartialMessage) -> None:
         """Remove the buttons under one of the bot's messages (one edit, in the budget)."""
         await self.bot.budget.acquire(bucket_key("edit", message.channel.id))
         try:
@@ -269,14 +269,15 @@ class Chat(commands.Cog):
     async def retire_previous(self, running: RunningReply, renderer: ReplyRenderer) -> None:
         """The channel's previous answer is no longer the latest: its Regenerate goes
         (one edit, within the budget)."""
-        if not renderer.stats.handles:
+        last = renderer.stats.handles[-1] if renderer.stats.handles else None
+        if not isinstance(last, discord.Message):
             return
         previous = self.services.controls.swap_latest(
-            running.channel_id, running.question_id, renderer.stats.handles[-1]
+            running.channel_id, running.question_id, last.id
         )
-        handle = previous.handle if previous is not None else None
-        if isinstance(handle, discord.Message):
-            await self.take_buttons(handle)
+        if previous is not None:
+            old = last.channel.get_partial_message(previous.message_id)  # type: ignore[union-attr]
+            await self.take_buttons(old)
 
 
 async def setup(bot: ChatBot) -> None:

@@ -79,11 +79,11 @@ def test_final_buttons_after_a_failure() -> None:
 
 def test_latest_answer_per_channel() -> None:
     controls = ReplyControls()
-    assert controls.swap_latest(1, 100, "m1") is None
-    assert controls.swap_latest(1, 100, "m2") is None, "the same answer, regenerated"
-    previous = controls.swap_latest(1, 101, "m3")
-    assert previous is not None and previous.handle == "m2"
-    assert controls.swap_latest(2, 102, "m4") is None, "channels are separate"
+    assert controls.swap_latest(1, 100, 11) is None
+    assert controls.swap_latest(1, 100, 12) is None, "the same answer, regenerated"
+    previous = controls.swap_latest(1, 101, 13)
+    assert previous is not None and previous.message_id == 12
+    assert controls.swap_latest(2, 102, 14) is None, "channels are separate"
 
 
 @pytest.fixture

@@ -107,10 +107,10 @@ class RunningReply:
 
 @dataclass(frozen=True, slots=True)
 class Latest:
-    """The last message of a channel's latest stored answer (a Sink handle)."""
+    """The last message of a channel's latest stored answer (ids only: cheap to keep)."""
 
     question_id: int
-    handle: object
+    message_id: int
 
 
 class ReplyControls:
@@ -210,16 +210,13 @@ class ReplyControls:
         await reply.stop_here()
         return True
 
-    def swap_latest(self, channel_id: int, question_id: int, handle: object) -> Latest | None:
+    def swap_latest(self, channel_id: int, question_id: int, message_id: int) -> Latest | None:
         """Remember the channel's newest stored answer; returns the previous one if it
         was another answer (its Regenerate button is to go)."""
         previous = self._latest.pop(channel_id, None)
-        self._latest[channel_id] = Latest(question_id, handle)
+        self._latest[channel_id] = Latest(question_id, message_id)
         while len(self._latest) > MAX_REMEMBERED:
             self._latest.popitem(last=False)
         if previous is None or previous.question_id == question_id:
             return None
         return previous
-
-    def latest(self, channel_id: int) -> Latest | None:
-        return self._latest.get(channel_id)
