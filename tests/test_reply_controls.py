@@ -17,7 +17,7 @@ from bot.errors import AnswerInProgress, LLMServerError, NotLatestAnswer, QuotaE
 from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store, UsageRecord
-from bot.models import Place, Speaker, TokenUsage, Turn
+from bot.models import Button, Place, Speaker, TokenUsage, Turn
 from bot.services import Services, open_services
 from tests.standin.llm_api import Behavior, LLMStandIn
 from tests.test_conversation import make_config
@@ -75,6 +75,11 @@ def test_final_buttons_after_a_failure() -> None:
     assert asked.buttons_when_failed(QuotaExceeded(10, 5)) == ()
     regen = controls.begin(1, 101, 5, regenerating=True)
     assert [b.label for b in regen.buttons_when_failed(LLMServerError())] == ["Regenerate"]
+    other = Button("think:1", "Show thinking")
+    asked.extra = (other,)
+    assert asked.buttons_when_stored()[1] == other, "other features' buttons come after ours"
+    controls.end(asked)
+    assert controls.ended_with(100) == asked.final
 
 
 def test_latest_answer_per_channel() -> None:

@@ -55,13 +55,7 @@ def button(action: Action, question_id: int, asker_id: int) -> Button:
     return Button(custom_id(action, question_id, asker_id), label, emoji)
 
 
-def button_for(cid: str) -> Button:
-    """The button a custom id of ours stands for."""
-    match = CUSTOM_ID.fullmatch(cid)
-    if match is None:
-        raise ValueError(f"not a reply button: {cid!r}")
-    action = cast(Action, match["action"])
-    return button(action, int(match["question"]), int(match["asker"]))
+Style = Literal["primary", "secondary", "success", "danger"]
 
 
 def may_press(presser_id: int, asker_id: int, *, in_guild: bool, manage_messages: bool) -> bool:
@@ -85,6 +79,8 @@ class RunningReply:
     stop_requested: bool = False
     reply: Reply | None = None
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Other buttons the reply ends with, after ours (e.g. another feature's).
+    extra: tuple[Button, ...] = ()
     # The buttons the reply ended with (what a late press should leave in place).
     final: tuple[Button, ...] = ()
 
@@ -92,16 +88,17 @@ class RunningReply:
         return (button("stop", self.question_id, self.asker_id),)
 
     def buttons_when_stored(self) -> tuple[Button, ...]:
-        self.final = (button("regen", self.question_id, self.asker_id),)
+        self.final = (button("regen", self.question_id, self.asker_id), *self.extra)
         return self.final
 
     def buttons_when_failed(self, exc: BaseException) -> tuple[Button, ...]:
         if self.regenerating:  # the stored answer is still the latest: offer it again
-            self.final = (button("regen", self.question_id, self.asker_id),)
+            ours: tuple[Button, ...] = (button("regen", self.question_id, self.asker_id),)
         elif retryable(exc):
-            self.final = (button("retry", self.question_id, self.asker_id),)
+            ours = (button("retry", self.question_id, self.asker_id),)
         else:
-            self.final = ()
+            ours = ()
+        self.final = (*ours, *self.extra)
         return self.final
 
 
@@ -120,8 +117,8 @@ class ReplyControls:
         self._running: dict[int, RunningReply] = {}  # by question id
         self._channels: dict[int, int] = {}  # channel id -> number of running replies
         self._latest: OrderedDict[int, Latest] = OrderedDict()
-        # Recently ended replies' final buttons (custom ids), by question id.
-        self._ended: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+        # Recently ended replies' final buttons (as plain tuples), by question id.
+        self._ended: OrderedDict[int, tuple[tuple[str, str, str | None, str], ...]] = OrderedDict()
 
     def begin(
         self, channel_id: int, question_id: int, asker_id: int, *, regenerating: bool = False
@@ -138,7 +135,9 @@ class ReplyControls:
         if self._running.get(running.question_id) is not running:
             return
         del self._running[running.question_id]
-        self._ended[running.question_id] = tuple(b.custom_id for b in running.final)
+        self._ended[running.question_id] = tuple(
+            (b.custom_id, b.label, b.emoji, b.style) for b in running.final
+        )
         while len(self._ended) > MAX_ENDED:
             self._ended.popitem(last=False)
         left = self._channels[running.channel_id] - 1
@@ -157,7 +156,11 @@ class ReplyControls:
     def ended_with(self, question_id: int) -> tuple[Button, ...] | None:
         """The buttons a reply of this process ended with; None if unknown (restart)."""
         ended = self._ended.get(question_id)
-        return None if ended is None else tuple(button_for(c) for c in ended)
+        if ended is None:
+            return None
+        return tuple(
+            Button(c, label, emoji, cast(Style, style)) for c, label, emoji, style in ended
+        )
 
     def stop(self, question_id: int) -> bool:
         """Ask the reply to `question_id` to stop. True if it is cut now (or already
