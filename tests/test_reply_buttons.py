@@ -243,6 +243,18 @@ async def test_retry_asks_a_failed_question_again(h: BotHarness) -> None:
     ]
     assert h.discord.count_429() == 0
 
+    # A question deleted since cannot be asked again: the presser is told, nothing changes.
+    h.llm.push(Behavior.error(500))
+    gone = await h.say("soon deleted")
+    await h.settle()
+    failed = h.replies_to(gone)
+    await h.discord.dispatch_delete(gone.id)
+    record = await press(h, failed[0], cid("retry", gone, h.user))
+    await record.wait_until(lambda r: r.followups)
+    assert "deleted" in record.all_content and record.followups[0].ephemeral
+    assert button_ids(failed[0]) == [cid("retry", gone, h.user)]
+    assert len(await history(h)) == 2
+
 
 async def test_buttons_work_after_a_restart(h: BotHarness) -> None:
     question = await h.say("remember me")
