@@ -20,11 +20,13 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from bot.chat.conversation import ConversationService
+from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import PersonaService
 from bot.chat.usage import UsageService
 from bot.config import Config
 from bot.delivery.gate import Cooldown
 from bot.llm.client import LLMClient
+from bot.llm.models import ModelRegistry
 from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store
@@ -46,6 +48,8 @@ class Services:
     metrics: Metrics
     session: aiohttp.ClientSession
     embedded_redis: EmbeddedRedis | None
+    models: ModelRegistry
+    model_choice: ModelChoiceService
 
 
 async def wait_for_redis(
@@ -142,8 +146,11 @@ async def open_services(
             retention_days=config.history.retention_days,
             metrics=metrics,
         )
-        llm = LLMClient(session, config.llm)
-        usage = UsageService(store, config.usage)
+        models = ModelRegistry.build(config, session, counter)
+        # The default model's client: what `llm` always was with a single [llm] section.
+        llm = models.client(models.default)
+        model_choice = ModelChoiceService(store, models)
+        usage = UsageService(store, config.usage, prices=models.price)
         yield Services(
             config=config,
             store=store,
@@ -157,6 +164,8 @@ async def open_services(
                 llm_config=config.llm,
                 default_persona=config.persona.default,
                 metrics=metrics,
+                models=models,
+                choices=model_choice,
             ),
             personas=PersonaService(store, config.persona),
             usage=usage,
@@ -164,4 +173,6 @@ async def open_services(
             metrics=metrics,
             session=session,
             embedded_redis=embedded,
+            models=models,
+            model_choice=model_choice,
         )
