@@ -25,6 +25,8 @@ HELP = """Commands:
   /persona clear           back to the default
   /reset                   forget this channel's conversation (the persona stays)
   /usage                   your token use: today, 7 and 30 days
+  /model                   show the model in use (and the others configured)
+  /model NAME              answer with another configured model here
   /quit                    leave (Ctrl-D works too)"""
 
 # Console channels get ids far from Discord's snowflakes so they never collide.
@@ -56,7 +58,7 @@ class Console:
 
     async def run(self, lines: asyncio.Queue[str | None] | None = None) -> None:
         """Read lines (from stdin, or a queue in tests) until /quit or end of input."""
-        model = self.services.config.llm.model
+        model = (await self.services.model_choice.current(self.place)).spec.name
         self.say(f"Chatting in #{self.place.channel_name} with {model}. /help for commands.")
         while True:
             line = await (lines.get() if lines else _read_line("you> "))
@@ -106,6 +108,11 @@ class Console:
                 est = " (includes estimates)" if t.has_estimates else ""
                 self.say(f"{label:>8}: {t.prompt:,} prompt + {t.completion:,} completion{est}")
             self.say(f"   chart: {report.sparkline()}")
+            for name, t in report.by_model.items():
+                cost = f" ≈ {report.currency}{t.cost:,.4f}" if t.cost is not None else ""
+                self.say(f"  {name}: {t.total:,} tokens in 30 days{cost}")
+        elif cmd == "/model":
+            await self.model(rest.strip())
         elif cmd == "/persona" and sub in ("", "show"):
             current = await personas.current(self.place)
             self.say(f"[{current.source}{' preset ' + current.preset if current.preset else ''}]")
@@ -121,6 +128,17 @@ class Console:
             self.say("Persona cleared; the default applies.")
         else:
             self.say(f"Unknown command {line!r}. /help lists them.")
+
+    async def model(self, name: str) -> None:
+        choices = self.services.model_choice
+        if name:
+            await choices.set("channel", self.place.channel_id, name)
+        current = await choices.current(self.place)
+        spec = current.spec
+        self.say(f"Model: {spec.name} ({spec.model} via {spec.provider}; {current.source})")
+        others = [n for n in choices.registry.names if n != spec.name]
+        if others:
+            self.say("Others: " + ", ".join(others))
 
 
 async def _read_line(prompt: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,7 +87,7 @@ def test_many_models_keep_distinct_colours_and_group_the_rest() -> None:
     grouped = group_models(series)
     assert len(grouped) == len(PALETTE) and OTHER in grouped
     assert sum(sum(v) for v in grouped.values()) == sum(sum(v) for v in series.values())
-    assert list(grouped)[0] == "m11", "the largest model comes first"
+    assert next(iter(grouped)) == "m11", "the largest model comes first"
 
 
 def test_nice_ceiling() -> None:
@@ -111,7 +112,9 @@ def test_nice_ceiling() -> None:
 )
 def test_segments_stay_inside_the_plot_and_never_overlap(series: dict[str, list[int]]) -> None:
     plan = layout(series)
-    assert plan.scale_max >= max((sum(col) for col in zip(*series.values(), strict=True)), default=0)
+    assert plan.scale_max >= max(
+        (sum(col) for col in zip(*series.values(), strict=True)), default=0
+    )
     by_day: dict[int, list[tuple[int, int]]] = {}
     for seg in plan.segments:
         assert plan.top <= seg.y0 < seg.y1 <= plan.bottom
@@ -119,4 +122,4 @@ def test_segments_stay_inside_the_plot_and_never_overlap(series: dict[str, list[
         by_day.setdefault(seg.day, []).append((seg.y0, seg.y1))
     for spans in by_day.values():
         spans.sort()
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))

@@ -181,3 +181,15 @@ def describe(t: Totals, currency: str) -> str:
     if t.has_estimates:
         lines.append(f"*{t.estimated_prompt + t.estimated_completion:,} estimated*")
     return "\n".join(lines)
+
+
+def describe_models(report: UsageReport, limit: int = 10) -> str:
+    """One line per model for the last 30 days: tokens and, when priced, cost."""
+    lines = []
+    for name, t in list(report.by_model.items())[:limit]:
+        cost = f" · ≈ {report.currency}{t.cost:,.4f}" if t.cost is not None else ""
+        lines.append(f"`{name}`: **{t.total:,}** tokens{cost}")
+    hidden = len(report.by_model) - limit
+    if hidden > 0:
+        lines.append(f"… and {hidden} more")
+    return "\n".join(lines)
