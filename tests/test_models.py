@@ -6,6 +6,7 @@ stand-in and the session's real Redis.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -443,3 +444,31 @@ async def test_the_old_single_llm_config_is_one_model(
         usage = await h.slash("usage", user_id=h.user)
         assert usage.embeds[0]["description"].startswith("`stand-in`: **")
         assert isinstance(h.config.llm, LLMConfig) and not h.config.models
+
+
+async def test_console_model_command(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    from bot.config import RedisConfig
+    from bot.console import Console
+    from bot.services import open_services
+
+    async with LLMStandIn() as alpha, LLMStandIn() as beta:
+        config = two_providers(alpha, beta)(
+            Config(redis=RedisConfig(url=redis_server.url, key_prefix="console"))
+        )
+        async with open_services(config) as services:
+            out = io.StringIO()
+            console = Console(services, "desk", out=out, user="admin")
+            lines: asyncio.Queue[str | None] = asyncio.Queue()
+            for line in ["/model", "/model smart", "hello", "/model nope", "/usage", "/quit"]:
+                lines.put_nowait(line)
+            await console.run(lines)
+    text = out.getvalue()
+    assert text.startswith("Chatting in #desk with fast.")
+    assert "Model: fast (alpha-small via alpha; default)" in text
+    assert "Model: smart (beta-large via beta; channel)" in text
+    assert "bot> Echo: admin: hello" in text and not alpha.chat_requests
+    assert beta.chat_requests[-1].body["model"] == "beta-large"
+    assert "There is no model called `nope`" in text
+    assert "  smart: " in text and "tokens in 30 days ≈ $" in text
