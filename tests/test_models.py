@@ -472,3 +472,30 @@ async def test_console_model_command(
     assert beta.chat_requests[-1].body["model"] == "beta-large"
     assert "There is no model called `nope`" in text
     assert "  smart: " in text and "tokens in 30 days ≈ $" in text
+
+
+async def test_usage_report_per_model_with_prices_and_top_users(
+    redis_client: aioredis.Redis,
+) -> None:
+    from bot.chat.usage import UsageService
+    from bot.config import UsageConfig
+    from bot.memory.store import UsageRecord
+    from bot.models import TokenUsage
+
+    store = Store(redis_client, prefix="u", max_turns=10, retention_days=1)
+    await store.record_usage(UsageRecord(1, 2, 3, "a", TokenUsage(100, 50)))
+    await store.record_usage(UsageRecord(1, 2, 3, "b", TokenUsage(10, 5, estimated=True)))
+    await store.record_usage(UsageRecord(4, 2, 3, "a", TokenUsage(1000, 0)))
+    own_prices = {"a": Price(prompt=2e6, completion=4e6)}
+    service = UsageService(
+        store, UsageConfig(prices={"b": Price(prompt=1e6, completion=1e6)}), prices=own_prices.get
+    )
+    report = await service.report("server", 3, top_users=5)
+    assert list(report.by_model) == ["a", "b"], "largest first"
+    a, b = report.by_model["a"], report.by_model["b"]
+    assert (a.prompt, a.completion, a.cost) == (1100, 50, 1100 * 2 + 50 * 4)
+    assert (b.total, b.cost, b.estimated_prompt) == (15, 15, 10)
+    assert report.month.cost == a.cost + b.cost
+    assert report.model_series["a"][-1] == 1150 and not any(report.model_series["a"][:-1])
+    assert report.top_users == [(4, 1000), (1, 165)]
+    assert (await service.report("channel", 2, top_users=5)).top_users == []
