@@ -209,7 +209,11 @@ def two_providers(alpha: LLMStandIn, beta: LLMStandIn) -> Callable[[Config], Con
             config,
             llm=replace(config.llm, default_model="fast"),
             providers={
-                "alpha": ProviderConfig(base_url=alpha.base_url, api_key="sk-a-SECRET", **TIMEOUTS),
+                "alpha": ProviderConfig(
+                    base_url=alpha.base_url,
+                    api_key="sk-a-SECRET",
+                    **{**TIMEOUTS, "first_token_timeout": 1.0},
+                ),
                 "beta": ProviderConfig(base_url=beta.base_url, api_key="sk-b-SECRET", **TIMEOUTS),
                 # Nothing listens on port 9 of the loopback: connecting fails at once.
                 "gone": ProviderConfig(base_url="http://127.0.0.1:9/v1", **TIMEOUTS),
@@ -337,11 +341,15 @@ async def test_fallback_before_the_first_token_but_not_after(
     alpha.push(Behavior.error(429, headers={"Retry-After": "1"}))
     await h.ask("rate limited?")
     assert len(beta.chat_requests) == 2, "a 429 falls back too"
+    alpha.push(Behavior(ttft=2.5))  # past alpha's first_token_timeout of 1 s
+    parts = await h.ask("too slow?")
+    assert len(beta.chat_requests) == 3, "a time-out before the first token falls back too"
+    assert parts[0].content == "Echo: alice: too slow?"
 
     # Once text is on the screen, the reply is never switched to another model.
     alpha.push(Behavior(reply_tokens=40, tps=200, drop_after=5))
     parts = await h.ask("cut me off")
-    assert len(beta.chat_requests) == 2
+    assert len(beta.chat_requests) == 3
     assert "cut off" in parts[-1].content
     # ... and the failed exchange was not stored.
     await h.ask("what now?")
