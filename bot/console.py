@@ -58,7 +58,7 @@ class Console:
 
     async def run(self, lines: asyncio.Queue[str | None] | None = None) -> None:
         """Read lines (from stdin, or a queue in tests) until /quit or end of input."""
-        model = (await self.services.model_choice.current(self.place)).spec.name
+        model = (await self.services.conversations.choices.current(self.place)).spec.name
         self.say(f"Chatting in #{self.place.channel_name} with {model}. /help for commands.")
         while True:
             line = await (lines.get() if lines else _read_line("you> "))
@@ -130,7 +130,7 @@ class Console:
             self.say(f"Unknown command {line!r}. /help lists them.")
 
     async def model(self, name: str) -> None:
-        choices = self.services.model_choice
+        choices = self.services.conversations.choices
         if name:
             await choices.set("channel", self.place.channel_id, name)
         current = await choices.current(self.place)

@@ -48,8 +48,6 @@ class Services:
     metrics: Metrics
     session: aiohttp.ClientSession
     embedded_redis: EmbeddedRedis | None
-    models: ModelRegistry
-    model_choice: ModelChoiceService
 
 
 async def wait_for_redis(
@@ -173,6 +171,4 @@ async def open_services(
             metrics=metrics,
             session=session,
             embedded_redis=embedded,
-            models=models,
-            model_choice=model_choice,
         )

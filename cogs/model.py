@@ -26,7 +26,7 @@ class Model(commands.GroupCog, group_name="model"):
 
     def __init__(self, bot: ChatBot) -> None:
         self.bot = bot
-        self.choices = bot.services.model_choice
+        self.choices = bot.services.conversations.choices
         super().__init__()
 
     @app_commands.command()

@@ -378,7 +378,8 @@ async def test_context_budget_follows_the_model(
     assert 2 <= len(small) < 1 + 8 + 1, "the 1200-token model sees only the recent part"
     assert small[-1]["content"] == "alice: summarise please"
     assert h.services is not None
-    counter = h.services.models.counter(h.services.models.specs["smart"])
+    models = h.services.conversations.models
+    counter = models.counter(models.specs["smart"])
     assert counter.count_messages(small) <= 1200 - 300
 
 
