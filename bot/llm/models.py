@@ -113,7 +113,10 @@ class ModelRegistry:
         return self._counters[spec.name]
 
     def price(self, name: str) -> Price | None:
-        spec = self.specs.get(name)
+        """A model's price by its name, or by the id its server knows it by (summaries)."""
+        spec = self.specs.get(name) or next(
+            (s for s in self.specs.values() if s.model == name), None
+        )
         return spec.price if spec else None
 
     def chain(self, spec: ModelSpec) -> list[ModelSpec]:
