@@ -495,6 +495,8 @@ async def test_usage_report_per_model_with_prices_and_top_users(
     await store.record_usage(UsageRecord(1, 2, 3, "a", TokenUsage(100, 50)))
     await store.record_usage(UsageRecord(1, 2, 3, "b", TokenUsage(10, 5, estimated=True)))
     await store.record_usage(UsageRecord(4, 2, 3, "a", TokenUsage(1000, 0)))
+    # A background summary counts for the channel and server, but is nobody's.
+    await store.record_usage(UsageRecord(0, 2, 3, "b", TokenUsage(20, 0), "summary"))
     own_prices = {"a": Price(prompt=2e6, completion=4e6)}
     service = UsageService(
         store, UsageConfig(prices={"b": Price(prompt=1e6, completion=1e6)}), prices=own_prices.get
@@ -503,7 +505,7 @@ async def test_usage_report_per_model_with_prices_and_top_users(
     assert list(report.by_model) == ["a", "b"], "largest first"
     a, b = report.by_model["a"], report.by_model["b"]
     assert (a.prompt, a.completion, a.cost) == (1100, 50, 1100 * 2 + 50 * 4)
-    assert (b.total, b.cost, b.estimated_prompt) == (15, 15, 10)
+    assert (b.total, b.cost, b.estimated_prompt) == (35, 35, 10)
     assert report.month.cost == a.cost + b.cost
     assert report.model_series["a"][-1] == 1150 and not any(report.model_series["a"][:-1])
     assert report.top_users == [(4, 1000), (1, 165)]
