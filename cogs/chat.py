@@ -258,7 +258,7 @@ class Chat(commands.Cog):
         """Remove the buttons under one of the bot's messages (one edit, in the budget)."""
         await self.bot.budget.acquire(bucket_key("edit", message.channel.id))
         try:
-            await message.edit(view=None)
+            await message.edit(view=None, allowed_mentions=NO_PINGS)
         except discord.NotFound:
             pass  # deleted: no button left to take away
         except discord.HTTPException as exc:

@@ -26,7 +26,7 @@ from bot.errors import (
     user_message,
 )
 from bot.models import Button, Speaker
-from cogs.chat import Chat, DiscordSink, button_view, readable_text
+from cogs.chat import NO_PINGS, Chat, DiscordSink, button_view, readable_text
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class ReplyButtons(commands.Cog):
         final = self.controls.ended_with(question)
         view = button_view(final or ())
         try:
-            await interaction.response.edit_message(view=view)
+            await interaction.response.edit_message(view=view, allowed_mentions=NO_PINGS)
         finally:
             if view is not None:
                 view.stop()

@@ -173,6 +173,7 @@ async def test_only_the_latest_answer_keeps_regenerate(h: BotHarness) -> None:
     await h.settle()
     assert button_ids(first) == [], "the older reply lost its button"
     assert len(first.history) == edits + 1, "with one edit"
+    assert first.allowed_mentions[-1] == {"parse": []}, "which pings nobody"
 
     # After a restart the bot no longer knows which message to take the button from:
     # pressing an older one is refused privately and changes nothing.
@@ -373,5 +374,7 @@ async def test_a_stop_left_behind_is_put_right(h: BotHarness) -> None:
     await h.start()
     record = await press(h, stale, cid("stop", second, h.user))
     assert record.response_type == 7 and button_ids(stale) == []
+    assert record.callback is not None
+    assert record.callback.data["allowed_mentions"] == {"parse": []}, "never a ping"
     turns = await history(h)
     assert len(turns) == 4 and not any(t.stopped for t in turns)
