@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
 INTERRUPTED = "⚠️ Interrupted: the bot is restarting. Ask again in a moment."
 STOPPED = "-# ⏹ Stopped."
+# When requests queue for the shared budget, tidying edits (an older reply's Regenerate
+# taken away) wait as if their text were this much younger than everyone's.
+TIDY_DELAY_S = 5.0
 
 
 def button_view(buttons: tuple[Button, ...]) -> discord.ui.View | None:
@@ -254,9 +257,14 @@ class Chat(commands.Cog):
             finally:
                 controls.end(running)
 
-    async def take_buttons(self, message: discord.Message | discord.PartialMessage) -> None:
-        """Remove the buttons under one of the bot's messages (one edit, in the budget)."""
-        await self.bot.budget.acquire(bucket_key("edit", message.channel.id))
+    async def take_buttons(
+        self, message: discord.Message | discord.PartialMessage, *, later: bool = False
+    ) -> None:
+        """Remove the buttons under one of the bot's messages (one edit, in the budget).
+        `later`: after the streams' edits when requests queue (it is only tidying up)."""
+        budget = self.bot.budget
+        priority = budget.clock() + TIDY_DELAY_S if later else None
+        await budget.acquire(bucket_key("edit", message.channel.id), priority)
         try:
             await message.edit(view=None, allowed_mentions=NO_PINGS)
         except discord.NotFound:
@@ -277,7 +285,7 @@ class Chat(commands.Cog):
         )
         if previous is not None:
             old = last.channel.get_partial_message(previous.message_id)  # type: ignore[union-attr]
-            await self.take_buttons(old)
+            await self.take_buttons(old, later=True)
 
 
 async def setup(bot: ChatBot) -> None:
