@@ -84,6 +84,10 @@ class DiscordConfig:
     # Seconds running replies get to finish on shutdown before they are cut.
     shutdown_grace_s: float = field(default=20.0, metadata=_at_least(0))
     status: str = "Mention me to chat"
+    # "button": a "Show thinking" button under replies of thinking models; "off": none.
+    show_thinking: str = field(
+        default="button", metadata=_check(lambda v: v in ("button", "off"), '"button" or "off"')
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ class LLMConfig:
     max_retries: int = field(default=2, metadata=_between(0, 10))
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # The model's output starts inside a thinking block whose `<think>` is in the prompt
+    # template, so only `</think>` comes (DeepSeek-R1 distills on llama.cpp with
+    # `--reasoning-format none`). Off: text before a bare `</think>` would be the answer.
+    thinking_starts_open: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens >= self.context_tokens:
