@@ -21,6 +21,7 @@ import redis.exceptions
 
 from bot.chat.conversation import ConversationService
 from bot.chat.personas import PersonaService
+from bot.chat.thoughts import ThoughtsService
 from bot.chat.usage import UsageService
 from bot.config import Config
 from bot.delivery.gate import Cooldown
@@ -46,6 +47,7 @@ class Services:
     metrics: Metrics
     session: aiohttp.ClientSession
     embedded_redis: EmbeddedRedis | None
+    thoughts: ThoughtsService
 
 
 async def wait_for_redis(
@@ -164,4 +166,5 @@ async def open_services(
             metrics=metrics,
             session=session,
             embedded_redis=embedded,
+            thoughts=ThoughtsService(store),
         )

@@ -19,6 +19,7 @@ from discord.ext import commands
 from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
+from bot.delivery.thinking import ThinkingStatus, thinking_button
 from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
 from bot.models import Button, Speaker
 
@@ -177,12 +178,15 @@ class Chat(commands.Cog):
         )
         metrics = self.services.metrics
         started = time.monotonic()
+        thinking = ThinkingStatus(renderer.set_status)
         with metrics.stream():
             try:
                 conversation = self.services.conversations
                 async with conversation.reply(place, speaker, text, message_id=message.id) as reply:
+                    reply.on_thinking = thinking
                     async for delta in reply:
                         renderer.push(delta)
+                await self.offer_thoughts(renderer, place.channel_id, thinking.text)
                 await renderer.finish()
                 metrics.observe_final_edit(time.monotonic() - started)
                 if reply.outcome and reply.outcome.notes:
@@ -193,7 +197,19 @@ class Chat(commands.Cog):
             except Exception as exc:
                 if not isinstance(exc, BotError):
                     log.exception("reply in channel %s failed", message.channel.id)
+                await self.offer_thoughts(renderer, place.channel_id, thinking.text)
                 await renderer.fail(f"⚠️ {user_message(exc)}")
+
+    async def offer_thoughts(self, renderer: ReplyRenderer, channel_id: int, text: str) -> None:
+        """Keep the model's thoughts for a day and put a "Show thinking" button on the reply."""
+        if self.config.show_thinking != "button" or not text.strip():
+            return
+        try:
+            key = await self.services.thoughts.keep(channel_id, text)
+        except MemoryUnavailable:
+            return  # the answer matters more than the button
+        if key is not None:
+            renderer.set_buttons((thinking_button(channel_id, key),))
 
 
 async def setup(bot: ChatBot) -> None:

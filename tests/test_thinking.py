@@ -22,7 +22,9 @@ def event(delta: dict[str, Any], finish: str | None = None) -> str:
     return "data: " + json.dumps(obj) + "\n\n"
 
 
-def run(data: bytes, cuts: list[int] | None = None, *, starts_open: bool = False) -> tuple[str, str, str | None]:
+def run(
+    data: bytes, cuts: list[int] | None = None, *, starts_open: bool = False
+) -> tuple[str, str, str | None]:
     """Bytes through the SSE parser and the splitter: (thinking, answer, finish_reason)."""
     parser, splitter = ChatChunkParser(), ThinkingSplitter(starts_open=starts_open)
     pieces, last = [], 0
@@ -53,8 +55,7 @@ LLAMACPP_REASONING_CONTENT = (
     + event({"content": "!"})
     + event({}, "stop")
     + 'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9,'
-    '"completion_tokens_details":{"reasoning_tokens":6}}}\n\n'
-    + "data: [DONE]\n\n"
+    '"completion_tokens_details":{"reasoning_tokens":6}}}\n\n' + "data: [DONE]\n\n"
 )
 OLLAMA_REASONING = (
     event({"role": "assistant", "content": "", "reasoning": "Okay, the user"})
@@ -70,7 +71,12 @@ OPENROUTER_REASONING = (
             "content": "",
             "reasoning": "Okay, the user",
             "reasoning_details": [
-                {"type": "reasoning.text", "text": "Okay, the user", "format": "unknown", "index": 0}
+                {
+                    "type": "reasoning.text",
+                    "text": "Okay, the user",
+                    "format": "unknown",
+                    "index": 0,
+                }
             ],
         }
     )
@@ -174,9 +180,11 @@ def test_plain_answers_stream_at_once_and_stray_tags_are_dropped() -> None:
 
 # --- re-chunking properties -------------------------------------------------------------
 
-_ALPHABET = st.sampled_from(list("ab <>/thinké\n💭") + ["<think", "</thin", "nk>"])
-_text = st.lists(_ALPHABET, max_size=30).map("".join).filter(
-    lambda t: OPEN_TAG not in t and CLOSE_TAG not in t
+_ALPHABET = st.sampled_from([*list("ab <>/thinké\n💭"), "<think", "</thin", "nk>"])
+_text = (
+    st.lists(_ALPHABET, max_size=30)
+    .map("".join)
+    .filter(lambda t: OPEN_TAG not in t and CLOSE_TAG not in t)
 )
 _cuts = st.lists(st.integers(min_value=0, max_value=10_000), max_size=25)
 
@@ -194,7 +202,9 @@ def _split_direct(content: str, cuts: list[int], starts_open: bool) -> tuple[str
 
 @settings(max_examples=400, deadline=None)
 @given(_text, _text, _cuts)
-def test_inline_any_rechunking_gives_the_same_split(thought: str, answer: str, cuts: list[int]) -> None:
+def test_inline_any_rechunking_gives_the_same_split(
+    thought: str, answer: str, cuts: list[int]
+) -> None:
     content = f"{OPEN_TAG}{thought}{CLOSE_TAG}{answer}"
     assert _split_direct(content, cuts, False) == (thought, answer.lstrip())
     assert _split_direct(content, cuts, True) == (thought, answer.lstrip())
@@ -228,7 +238,9 @@ def test_reasoning_fields_any_byte_chunking(
     body = event({"role": "assistant", "content": None})
     for t in thoughts:
         if field == "reasoning_details":
-            body += event({"content": "", "reasoning_details": [{"type": "reasoning.text", "text": t}]})
+            body += event(
+                {"content": "", "reasoning_details": [{"type": "reasoning.text", "text": t}]}
+            )
         else:
             body += event({"content": "", field: t})
     for a in answers:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -21,7 +21,7 @@ from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.personas import render, resolve
 from bot.chat.usage import UsageService
 from bot.config import LLMConfig
-from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
+from bot.errors import BotError, LLMEmptyReply, LLMError, LLMOnlyThought, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.tokens import TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
@@ -45,6 +45,8 @@ class ReplyOutcome:
     # Short notes for the person: a cut-off by max_tokens, their message was cut, ...
     notes: list[str] = field(default_factory=list)
     history_length: int = 0
+    # The model's thoughts (never stored in history nor sent back to the model).
+    thinking: str = ""
 
 
 class ConversationService:
@@ -79,7 +81,11 @@ class ConversationService:
 
 
 class Reply:
-    """One reply in progress. Iterate it for text deltas; `outcome` is set when it completed."""
+    """One reply in progress. Iterate it for text deltas; `outcome` is set when it completed.
+
+    Iterating yields the answer only; set `on_thinking` to see the model's thinking pieces
+    as they arrive (to show that it is alive; they are never part of the answer).
+    """
 
     def __init__(
         self,
@@ -102,6 +108,12 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        self.on_thinking: Callable[[str], None] | None = None
+
+    @property
+    def thinking(self) -> str:
+        """The model's thoughts so far (also after a failure)."""
+        return self._stream.thinking if self._stream is not None else ""
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -146,12 +158,15 @@ class Reply:
 
     async def _iterate(self) -> AsyncIterator[str]:
         assert self._stream is not None, "use `async with` before iterating"
-        async for delta in self._stream:
+        async for delta in self._stream.deltas():
             if self._first_token_at is None:
                 self._first_token_at = time.monotonic()
                 if self.s.metrics:
                     self.s.metrics.observe_first_token(self._first_token_at - self._started)
-            yield delta
+            if not delta.thinking:
+                yield delta.text
+            elif self.on_thinking is not None:
+                self.on_thinking(delta.text)
         await self._commit()
 
     async def _commit(self) -> None:
@@ -160,12 +175,15 @@ class Reply:
         assert self._lock is not None
         text = stream.text
         if not text.strip():
+            if stream.thinking.strip():
+                raise LLMOnlyThought(cut=stream.finish_reason == "length")
             raise LLMEmptyReply()
         usage = self._usage(stream)
         reply_turn = Turn(
             role="assistant",
             content=text,
-            tokens=usage.completion_tokens,
+            # Thinking tokens are in `completion_tokens` but not in the stored turn.
+            tokens=s.counter.count(text) if stream.thinking else usage.completion_tokens,
             at=time.time(),
         )
         length = await s.store.commit(
@@ -177,7 +195,7 @@ class Reply:
         finish = stream.finish_reason or "stop"
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
-        self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        self.outcome = ReplyOutcome(text, finish, usage, notes, length, stream.thinking)
         elapsed = time.monotonic() - self._started
         if s.metrics:
             s.metrics.reply_finished()
@@ -204,7 +222,7 @@ class Reply:
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
             self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
+            self.s.counter.count(stream.text) + self.s.counter.count(stream.thinking),
             estimated=True,
         )
 
@@ -239,10 +257,14 @@ class Reply:
         stream = self._stream
         if stream is None or self.context is None:
             return
-        usage = TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
-            estimated=True,
+        usage = (
+            self._usage(stream)  # a reply that only thought: the provider reported it
+            if stream.finish_reason is not None
+            else TokenUsage(
+                self.s.counter.calibrated(self.context.prompt_tokens),
+                self.s.counter.count(stream.text) + self.s.counter.count(stream.thinking),
+                estimated=True,
+            )
         )
         with contextlib.suppress(BotError):
             await self.s.store.record_usage(self._usage_record(usage))

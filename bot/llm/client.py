@@ -59,10 +59,10 @@ from bot.llm.sse import (
     Finish,
     Malformed,
     ModelName,
+    ReasoningDelta,
     StreamError,
     TextDelta,
     Usage,
-    ReasoningDelta,
     parse_payload,
 )
 from bot.llm.thinking import StreamDelta, ThinkingSplitter
@@ -495,9 +495,7 @@ class ChatStream:
             return deadline, phase
         return self._total_deadline, "total"
 
-    async def _attempt(
-        self, loop: asyncio.AbstractEventLoop
-    ) -> AsyncGenerator[StreamDelta, None]:
+    async def _attempt(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[StreamDelta, None]:
         client, cfg = self._client, self._client.config
         first_deadline, first_phase = self._limit(
             loop.time() + cfg.first_token_timeout, "first_token"

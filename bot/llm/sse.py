@@ -208,9 +208,7 @@ class Done:
     """The `data: [DONE]` sentinel."""
 
 
-ChatEvent = (
-    TextDelta | ReasoningDelta | Finish | Usage | ModelName | StreamError | Malformed | Done
-)
+ChatEvent = TextDelta | ReasoningDelta | Finish | Usage | ModelName | StreamError | Malformed | Done
 
 _DONE = Done()
 
