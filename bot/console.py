@@ -27,6 +27,8 @@ HELP = """Commands:
   /usage                   your token use: today, 7 and 30 days
   /quit                    leave (Ctrl-D works too)"""
 
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
 # Console channels get ids far from Discord's snowflakes so they never collide.
 CONSOLE_ID_BASE = 1 << 62
 
@@ -79,9 +81,13 @@ class Console:
     async def chat(self, text: str) -> None:
         self.say("bot> ", end="")
         conv = self.services.conversations
+        thinking = _Thinking(self)
         async with conv.reply(self.place, self.speaker, text) as reply:
+            reply.on_thinking = thinking
             async for delta in reply:
+                thinking.end()
                 self.say(delta, end="")
+        thinking.end()
         self.say()
         for note in reply.outcome.notes if reply.outcome else []:
             self.say(f"[{note}]")
@@ -121,6 +127,28 @@ class Console:
             self.say("Persona cleared; the default applies.")
         else:
             self.say(f"Unknown command {line!r}. /help lists them.")
+
+
+class _Thinking:
+    """A model's thinking in the terminal: dimmed on a terminal, else one line saying so."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.tty = console.out.isatty()
+        self.open = False
+
+    def __call__(self, piece: str) -> None:
+        if self.tty:
+            self.console.say(DIM + piece + RESET, end="")
+        elif not self.open:
+            self.console.say("(thinking...)", end="")
+        self.open = True
+
+    def end(self) -> None:
+        """The answer starts: continue on a fresh `bot>` line."""
+        if self.open:
+            self.open = False
+            self.console.say("\nbot> ", end="")
 
 
 async def _read_line(prompt: str) -> str | None:
