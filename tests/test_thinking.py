@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.config import Config, _build
+from bot.errors import ConfigError
 from bot.llm.sse import ChatChunkParser, Finish, ReasoningDelta, TextDelta, Usage
 from bot.llm.thinking import CLOSE_TAG, OPEN_TAG, StreamDelta, ThinkingSplitter
 
@@ -248,3 +251,10 @@ def test_reasoning_fields_any_byte_chunking(
     body += event({}, "stop") + "data: [DONE]\n\n"
     data = body.encode()
     assert run(data, cuts) == ("".join(thoughts), "".join(answers).lstrip(), "stop")
+
+
+def test_show_thinking_config_is_checked() -> None:
+    assert _build(Config, {}, "").discord.show_thinking == "button"
+    assert _build(Config, {"discord": {"show_thinking": "off"}}, "").discord.show_thinking == "off"
+    with pytest.raises(ConfigError, match=r'discord.show_thinking = .*"button" or "off"'):
+        _build(Config, {"discord": {"show_thinking": "always"}}, "")
