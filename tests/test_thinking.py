@@ -258,3 +258,29 @@ def test_show_thinking_config_is_checked() -> None:
     assert _build(Config, {"discord": {"show_thinking": "off"}}, "").discord.show_thinking == "off"
     with pytest.raises(ConfigError, match=r'discord.show_thinking = .*"button" or "off"'):
         _build(Config, {"discord": {"show_thinking": "always"}}, "")
+
+
+def test_thinking_status_line_and_thoughts_message() -> None:
+    from bot.delivery.thinking import (
+        ATTACHED,
+        ThinkingStatus,
+        parse_thinking_id,
+        thinking_button,
+        thoughts_message,
+    )
+
+    shown: list[str | None] = []
+    now = [100.0]
+    status = ThinkingStatus(shown.append, clock=lambda: now[0])
+    status("\n\n")  # an empty thinking block shows nothing
+    assert shown == []
+    status("Hmm")
+    now[0] += 14.6
+    status(" ok")
+    assert shown == ["💭 Thinking…", "💭 Thinking… 14 s"]
+    assert status.text == "\n\nHmm ok"
+    button = thinking_button(123, "abcdef")
+    assert parse_thinking_id(button.custom_id) == (123, "abcdef")
+    assert len(button.custom_id) <= 100
+    assert thoughts_message("  short  ") == ("short", None)
+    assert thoughts_message("x" * 2001) == (ATTACHED, b"x" * 2001)

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from bot.config import Config, LLMConfig, RedisConfig
 from bot.console import Console
-from bot.errors import LLMOnlyThought
+from bot.errors import LLMCutOff, LLMOnlyThought, LLMTimeout
+from bot.llm.client import LLMClient
 from bot.memory.redis_server import EmbeddedRedis
 from bot.models import Place, Speaker
 from bot.services import Services, open_services
@@ -250,3 +252,60 @@ async def test_console_shows_a_thinking_line_then_the_answer(
     text = out.getvalue()
     assert f"bot> (thinking...)\nbot> {ANSWER}" in text
     assert SECRET not in text
+
+
+# --- the LLM client's time-outs and retries with thinking ---------------------------------
+
+
+def client_for(session: aiohttp.ClientSession, llm: LLMStandIn, **kw: Any) -> LLMClient:
+    values: dict[str, Any] = {
+        "base_url": llm.base_url,
+        "model": "m",
+        "first_token_timeout": 0.5,
+        "idle_timeout": 0.5,
+        "total_timeout": 5.0,
+        "max_retries": 2,
+    }
+    values.update(kw)
+    return LLMClient(session, LLMConfig(**values), backoff_base=0.01, backoff_cap=0.02)
+
+
+async def test_client_thinking_ends_the_first_token_wait_and_idle_applies_to_it(
+    llm: LLMStandIn,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = client_for(session, llm)
+        # Thinking starts in time, then goes silent: the idle time-out, not first_token.
+        llm.push(thinker(ttft=0.1, hang_after=0))
+        stream = client.stream([{"role": "user", "content": "hi"}])
+        with pytest.raises(LLMTimeout) as caught:
+            async with stream:
+                deltas = [d async for d in stream.deltas()]
+        assert caught.value.phase == "idle"
+        assert stream.thinking == THOUGHT and stream.text == ""
+        # Thinking that starts too late is a first-token time-out.
+        llm.push(thinker(ttft=1.0))
+        with pytest.raises(LLMTimeout) as caught:
+            async with client.stream([{"role": "user", "content": "hi"}]):
+                pass
+        assert caught.value.phase == "first_token"
+        # Typed deltas: thinking first, then the answer, each apart.
+        llm.push(thinker())
+        async with client.stream([{"role": "user", "content": "hi"}]) as s:
+            deltas = [d async for d in s.deltas()]
+        assert deltas[0].kind == "thinking" and deltas[-1].kind == "answer"
+        assert "".join(d.text for d in deltas if d.kind == "answer") == s.text == ANSWER
+        assert "".join(d.text for d in deltas if d.kind == "thinking") == s.thinking == THOUGHT
+
+
+async def test_client_no_retry_once_the_model_was_thinking(llm: LLMStandIn) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = client_for(session, llm)
+        llm.push(thinker(drop_after=0), thinker())
+        answer: list[str] = []
+        with pytest.raises(LLMCutOff):
+            async with client.stream([{"role": "user", "content": "hi"}]) as s:
+                async for d in s:
+                    answer.append(d)
+        assert answer == [] and len(llm.chat_requests) == 1
+        assert s.thinking == THOUGHT

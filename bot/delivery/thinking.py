@@ -60,6 +60,8 @@ class ThinkingStatus:
 
     def __call__(self, piece: str) -> None:
         self._parts.append(piece)
+        if self._since is None and not piece.strip():
+            return  # an empty thinking block ("<think>\n\n</think>") is no thinking
         now = self._clock()
         if self._since is None:
             self._since = now
