@@ -15,14 +15,22 @@ from typing import Any, cast
 import discord
 
 from bot.client import ChatBot, send_ephemeral
-from bot.delivery.thinking import FILE_NAME, THINK_LABEL, THINK_TEMPLATE, thoughts_message
+from bot.delivery.thinking import (
+    FILE_NAME,
+    THINK_LABEL,
+    THINK_TEMPLATE,
+    thinking_button,
+    thoughts_message,
+)
 from bot.errors import BotError, ThoughtsExpired, user_message
 
 
 class ShowThinking(discord.ui.DynamicItem[discord.ui.Button[Any]], template=THINK_TEMPLATE):
     def __init__(self, channel_id: int, key: str) -> None:
         super().__init__(
-            discord.ui.Button(label=THINK_LABEL, custom_id=f"think:{channel_id}:{key}")
+            discord.ui.Button(
+                label=THINK_LABEL, custom_id=thinking_button(channel_id, key).custom_id
+            )
         )
         self.channel_id = channel_id
         self.key = key

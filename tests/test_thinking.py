@@ -10,6 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.config import Config, _build
+from bot.delivery.thinking import (
+    ATTACHED,
+    ThinkingStatus,
+    parse_thinking_id,
+    thinking_button,
+    thoughts_message,
+)
 from bot.errors import ConfigError
 from bot.llm.sse import ChatChunkParser, Finish, ReasoningDelta, TextDelta, Usage
 from bot.llm.thinking import CLOSE_TAG, OPEN_TAG, StreamDelta, ThinkingSplitter
@@ -261,14 +268,6 @@ def test_show_thinking_config_is_checked() -> None:
 
 
 def test_thinking_status_line_and_thoughts_message() -> None:
-    from bot.delivery.thinking import (
-        ATTACHED,
-        ThinkingStatus,
-        parse_thinking_id,
-        thinking_button,
-        thoughts_message,
-    )
-
     shown: list[str | None] = []
     now = [100.0]
     status = ThinkingStatus(shown.append, clock=lambda: now[0])

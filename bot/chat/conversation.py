@@ -110,11 +110,6 @@ class Reply:
         self._user_turn: Turn | None = None
         self.on_thinking: Callable[[str], None] | None = None
 
-    @property
-    def thinking(self) -> str:
-        """The model's thoughts so far (also after a failure)."""
-        return self._stream.thinking if self._stream is not None else ""
-
     async def __aenter__(self) -> Reply:
         s = self.s
         try:

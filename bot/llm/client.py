@@ -11,8 +11,8 @@ Usage::
 
 Why this shape:
 - `__aenter__` sends the request and waits for the first delta (thinking or answer), so
-  every failure before the model starts answering (HTTP errors, retries, the first-token timeout) is
-  raised there; afterwards only mid-stream failures (idle/total timeout, cut-off, a
+  every failure before the model starts (HTTP errors, retries, the first-token timeout)
+  is raised there; afterwards only mid-stream failures (idle/total timeout, cut-off, a
   protocol error) come out of the iteration, with `s.text` still holding what arrived.
 - Retries happen only before the first token, so a person never sees text repeated.
 - Thinking is separated from the answer here (`bot.llm.thinking`), whatever the server's
