@@ -186,6 +186,7 @@ def test_plain_answers_stream_at_once_and_stray_tags_are_dropped() -> None:
     assert splitter.content("b>") == [StreamDelta("answer", "<b>")]
     assert splitter.close() == []
     assert splitter.answer == "Hi there ok<b>"
+    assert splitter.bare_close, "a closing tag with no thinking before it is noticed"
 
 
 # --- re-chunking properties -------------------------------------------------------------

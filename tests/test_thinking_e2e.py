@@ -309,3 +309,20 @@ async def test_client_no_retry_once_the_model_was_thinking(llm: LLMStandIn) -> N
                     answer.append(d)
         assert answer == [] and len(llm.chat_requests) == 1
         assert s.thinking == THOUGHT
+
+
+async def test_client_learns_a_template_that_opens_the_thinking_block(llm: LLMStandIn) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = client_for(session, llm)
+        llm.push(thinker("closing_only"), thinker("closing_only"), Behavior(reply="Plain."))
+        messages = [{"role": "user", "content": "hi"}]
+        async with client.stream(messages) as first:
+            [d async for d in first]
+        # Without `thinking_starts_open` the first reply's thoughts are its answer (the
+        # known cost), but the tag is gone and the client learns.
+        assert "</think>" not in first.text and client.learned_starts_open
+        async with client.stream(messages) as second:
+            answer = [d async for d in second]
+        assert "".join(answer) == ANSWER and second.thinking.strip() == THOUGHT
+        async with client.stream(messages) as third:
+            assert [d async for d in third] == ["Plain."]  # a reply without thinking

@@ -204,6 +204,9 @@ class LLMClient:
         )
         # Cleared once if the server rejects `stream_options` (some strict servers do).
         self._send_stream_options = True
+        # Set once the model showed that its output starts inside a thinking block
+        # (`llm.thinking_starts_open`), so only its first such reply shows thoughts.
+        self.learned_starts_open = False
 
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.config.base_url!r}, model={self.config.model!r})"
@@ -422,7 +425,9 @@ class ChatStream:
             self._status = None
             # Retries happen only before any text, so nothing from a failed attempt stays.
             self.finish_reason, self.usage, self.model = None, None, cfg.model
-            self._splitter = ThinkingSplitter(starts_open=cfg.thinking_starts_open)
+            self._splitter = ThinkingSplitter(
+                starts_open=cfg.thinking_starts_open or client.learned_starts_open
+            )
             try:
                 async with contextlib.aclosing(self._attempt(loop)) as deltas:
                     async for delta in deltas:
@@ -584,6 +589,13 @@ class ChatStream:
                     raise failure
             for delta in self._splitter.close(self.finish_reason):
                 yield delta
+            if self._splitter.bare_close and not client.learned_starts_open:
+                client.learned_starts_open = True
+                log.warning(
+                    "The model sent </think> without <think>: its replies start inside a "
+                    "thinking block, and are read so from now on. Set "
+                    "llm.thinking_starts_open = true to have that from the start."
+                )
             if self.finish_reason is None:
                 raise LLMCutOff(
                     detail=f"the stream ended without a finish_reason after "

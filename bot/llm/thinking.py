@@ -63,12 +63,16 @@ class ThinkingSplitter:
         "_starts_open",
         "_state",
         "answer_parts",
+        "bare_close",
         "thinking_parts",
     )
 
     def __init__(self, *, starts_open: bool = False) -> None:
         self._starts_open = starts_open
         self._implied = False  # thinking opened by the template, no `</think>` yet
+        # A `</think>` came in the answer before any thinking: the model's template opens
+        # the block (see `starts_open`), and this reply's thoughts went out as its answer.
+        self.bare_close = False
         self._state = "start"
         self._buf = ""  # content not yet decided (start) or a possible partial tag
         self.thinking_parts: list[str] = []
@@ -160,6 +164,8 @@ class ThinkingSplitter:
             self._buf = buf[len(buf) - keep :]
             return ""
         at = min(hits)
+        if at == closing and not self.thinking_parts:
+            self.bare_close = True
         self._emit(out, "answer", buf[:at])
         if at == opening:
             self._state = "thinking"
