@@ -326,3 +326,17 @@ async def test_client_learns_a_template_that_opens_the_thinking_block(llm: LLMSt
         assert "".join(answer) == ANSWER and second.thinking.strip() == THOUGHT
         async with client.stream(messages) as third:
             assert [d async for d in third] == ["Plain."]  # a reply without thinking
+
+
+async def test_thoughts_are_kept_a_day_capped_in_the_channels_slot(
+    services: Services, redis_client: aioredis.Redis
+) -> None:
+    from bot.chat.thoughts import CUT_NOTE, MAX_THOUGHT_CHARS
+
+    key = await services.thoughts.keep(HERE.channel_id, "x" * (MAX_THOUGHT_CHARS * 2))
+    assert key is not None and await services.thoughts.keep(HERE.channel_id, " \n ") is None
+    text = await services.thoughts.get(HERE.channel_id, key)
+    assert len(text) == MAX_THOUGHT_CHARS and text.endswith(CUT_NOTE)
+    (name,) = await redis_client.keys("*thoughts*")
+    assert "{c100}" in name  # the channel's hash tag: one Cluster slot with its history
+    assert 86_000 < await redis_client.ttl(name) <= 86_400
