@@ -186,7 +186,7 @@ class Chat(commands.Cog):
                     reply.on_thinking = thinking
                     async for delta in reply:
                         renderer.push(delta)
-                await self.offer_thoughts(renderer, place.channel_id, thinking.text)
+                renderer.set_buttons(await self.thought_buttons(place.channel_id, thinking.text))
                 await renderer.finish()
                 metrics.observe_final_edit(time.monotonic() - started)
                 if reply.outcome and reply.outcome.notes:
@@ -197,19 +197,19 @@ class Chat(commands.Cog):
             except Exception as exc:
                 if not isinstance(exc, BotError):
                     log.exception("reply in channel %s failed", message.channel.id)
-                await self.offer_thoughts(renderer, place.channel_id, thinking.text)
+                renderer.set_buttons(await self.thought_buttons(place.channel_id, thinking.text))
                 await renderer.fail(f"⚠️ {user_message(exc)}")
 
-    async def offer_thoughts(self, renderer: ReplyRenderer, channel_id: int, text: str) -> None:
-        """Keep the model's thoughts for a day and put a "Show thinking" button on the reply."""
+    async def thought_buttons(self, channel_id: int, text: str) -> tuple[Button, ...]:
+        """Keep the model's thoughts for a day; the "Show thinking" button for the reply
+        (none without thoughts, with `show_thinking = "off"` or when Redis is down)."""
         if self.config.show_thinking != "button" or not text.strip():
-            return
+            return ()
         try:
             key = await self.services.thoughts.keep(channel_id, text)
         except MemoryUnavailable:
-            return  # the answer matters more than the button
-        if key is not None:
-            renderer.set_buttons((thinking_button(channel_id, key),))
+            return ()  # the answer matters more than the button
+        return () if key is None else (thinking_button(channel_id, key),)
 
 
 async def setup(bot: ChatBot) -> None:
