@@ -340,3 +340,23 @@ async def test_thoughts_are_kept_a_day_capped_in_the_channels_slot(
     (name,) = await redis_client.keys("*thoughts*")
     assert "{c100}" in name  # the channel's hash tag: one Cluster slot with its history
     assert 86_000 < await redis_client.ttl(name) <= 86_400
+
+
+async def test_console_on_a_terminal_shows_the_thinking_dimmed(
+    services: Services, llm: LLMStandIn
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    llm.push(thinker("reasoning"))
+    out = Terminal()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    for line in ["hello", None]:
+        lines.put_nowait(line)
+    await Console(services, "desk", out=out, user="admin").run(lines)
+    text = out.getvalue()
+    assert "\x1b[2m" in text and SECRET in text
+    dimmed = text[text.index("\x1b[2m") : text.rindex("\x1b[0m")]
+    assert ANSWER not in dimmed and text.rstrip().endswith("bye")
+    assert f"\nbot> {ANSWER}" in text
