@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bot.config import Config, _build
+from bot.config import Config, _build, resolve_models
 from bot.delivery.thinking import (
     ATTACHED,
     ThinkingStatus,
@@ -286,3 +286,16 @@ def test_thinking_status_line_and_thoughts_message() -> None:
     assert len(button.custom_id) <= 100
     assert thoughts_message("  short  ") == ("short", None)
     assert thoughts_message("x" * 2001) == (ATTACHED, b"x" * 2001)
+
+
+def test_thinking_starts_open_per_model() -> None:
+    config = _build(
+        Config,
+        {
+            "llm": {"thinking_starts_open": True},
+            "models": {"r1": {"thinking_starts_open": True}, "plain": {}},
+        },
+        "",
+    )
+    specs = resolve_models(config)
+    assert specs["r1"].llm.thinking_starts_open and not specs["plain"].llm.thinking_starts_open
