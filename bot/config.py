@@ -93,6 +93,10 @@ class DiscordConfig:
     # Seconds running replies get to finish on shutdown before they are cut.
     shutdown_grace_s: float = field(default=20.0, metadata=_at_least(0))
     status: str = "Mention me to chat"
+    # "button": a "Show thinking" button under replies of thinking models; "off": none.
+    show_thinking: str = field(
+        default="button", metadata=_check(lambda v: v in ("button", "off"), '"button" or "off"')
+    )
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ class LLMConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     # With [models.NAME] tables: the one used where /model chose none (empty: the first).
     default_model: str = ""
+    # The model's output starts inside a thinking block whose `<think>` is in the prompt
+    # template, so only `</think>` comes (DeepSeek-R1 distills on llama.cpp with
+    # `--reasoning-format none`). Off: text before a bare `</think>` would be the answer.
+    thinking_starts_open: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens >= self.context_tokens:
@@ -231,6 +239,8 @@ class ModelConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     # Another model's name, answering when this one's server fails before the first token.
     fallback: str = ""
+    # See `llm.thinking_starts_open`: the model's template opens <think> in the prompt.
+    thinking_starts_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -369,6 +379,7 @@ def _model_spec(config: Config, name: str, model: ModelConfig) -> ModelSpec:
         max_retries=p.max_retries,
         extra_headers=dict(p.extra_headers),
         extra_body=dict(model.extra_body),
+        thinking_starts_open=model.thinking_starts_open,
     )
     prices = config.usage.prices
     return ModelSpec(

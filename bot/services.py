@@ -24,6 +24,7 @@ from bot.chat.memory import MemoryService
 from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import PersonaService
 from bot.chat.summary import SummaryService, summary_llm_config
+from bot.chat.thoughts import ThoughtsService
 from bot.chat.usage import UsageService
 from bot.config import Config
 from bot.delivery.gate import Cooldown
@@ -52,6 +53,7 @@ class Services:
     embedded_redis: EmbeddedRedis | None
     summaries: SummaryService
     memory: MemoryService
+    thoughts: ThoughtsService
 
 
 async def wait_for_redis(
@@ -196,4 +198,5 @@ async def open_services(
                 llm_config=default_llm,
                 summaries=summaries,
             ),
+            thoughts=ThoughtsService(store),
         )

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -24,7 +24,7 @@ from bot.chat.personas import render, resolve
 from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
 from bot.config import LLMConfig, ModelSpec
-from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
+from bot.errors import BotError, LLMEmptyReply, LLMError, LLMOnlyThought, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.models import ModelRegistry
 from bot.llm.tokens import PER_MESSAGE, TokenCounter
@@ -53,6 +53,8 @@ class ReplyOutcome:
     # Short notes for the person: a cut-off by max_tokens, their message was cut, ...
     notes: list[str] = field(default_factory=list)
     history_length: int = 0
+    # The model's thoughts (never stored in history nor sent back to the model).
+    thinking: str = ""
 
 
 class ConversationService:
@@ -94,7 +96,11 @@ class ConversationService:
 
 
 class Reply:
-    """One reply in progress. Iterate it for text deltas; `outcome` is set when it completed."""
+    """One reply in progress. Iterate it for text deltas; `outcome` is set when it completed.
+
+    Iterating yields the answer only; set `on_thinking` to see the model's thinking pieces
+    as they arrive (to show that it is alive; they are never part of the answer).
+    """
 
     def __init__(
         self,
@@ -123,6 +129,7 @@ class Reply:
         self.spec: ModelSpec = service.models.default
         self.counter = service.counter
         self._notes: list[str] = []
+        self.on_thinking: Callable[[str], None] | None = None
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -180,12 +187,15 @@ class Reply:
 
     async def _iterate(self) -> AsyncIterator[str]:
         assert self._stream is not None, "use `async with` before iterating"
-        async for delta in self._stream:
+        async for delta in self._stream.deltas():
             if self._first_token_at is None:
                 self._first_token_at = time.monotonic()
                 if self.s.metrics:
                     self.s.metrics.observe_first_token(self._first_token_at - self._started)
-            yield delta
+            if not delta.thinking:
+                yield delta.text
+            elif self.on_thinking is not None:
+                self.on_thinking(delta.text)
         await self._commit()
 
     async def _commit(self) -> None:
@@ -194,12 +204,15 @@ class Reply:
         assert self._lock is not None
         text = stream.text
         if not text.strip():
+            if stream.thinking.strip():
+                raise LLMOnlyThought(cut=stream.finish_reason == "length")
             raise LLMEmptyReply()
         usage = self._usage(stream)
         reply_turn = Turn(
             role="assistant",
             content=text,
-            tokens=usage.completion_tokens,
+            # Thinking tokens are in `completion_tokens` but not in the stored turn.
+            tokens=self.counter.count(text) if stream.thinking else usage.completion_tokens,
             at=time.time(),
         )
         length = await s.store.commit(
@@ -211,7 +224,7 @@ class Reply:
         finish = stream.finish_reason or "stop"
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
-        self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        self.outcome = ReplyOutcome(text, finish, usage, notes, length, stream.thinking)
         self._maybe_summarize([*self._history, self._user_turn, reply_turn])
         elapsed = time.monotonic() - self._started
         if s.metrics:
@@ -250,7 +263,7 @@ class Reply:
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
             self.counter.calibrated(self.context.prompt_tokens),
-            self.counter.count(stream.text),
+            self.counter.count(stream.text) + self.counter.count(stream.thinking),
             estimated=True,
         )
 
@@ -285,10 +298,14 @@ class Reply:
         stream = self._stream
         if stream is None or self.context is None:
             return
-        usage = TokenUsage(
-            self.counter.calibrated(self.context.prompt_tokens),
-            self.counter.count(stream.text),
-            estimated=True,
+        usage = (
+            self._usage(stream)  # a reply that only thought: the provider reported it
+            if stream.finish_reason is not None
+            else TokenUsage(
+                self.counter.calibrated(self.context.prompt_tokens),
+                self.counter.count(stream.text) + self.counter.count(stream.thinking),
+                estimated=True,
+            )
         )
         with contextlib.suppress(BotError):
             await self.s.store.record_usage(self._usage_record(usage))

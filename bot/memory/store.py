@@ -135,6 +135,10 @@ class Keys:
     def guild_model(self, guild_id: int) -> str:
         return f"{self.prefix}:{{g{guild_id}}}:model"
 
+    def thoughts(self, channel_id: int, key: str) -> str:
+        """A reply's thinking, for its "Show thinking" button (not part of the history)."""
+        return f"{self.prefix}:{{c{channel_id}}}:thoughts:{key}"
+
 
 def utc_day(ts: float | None = None) -> str:
     return time.strftime("%Y%m%d", time.gmtime(time.time() if ts is None else ts))
@@ -562,6 +566,15 @@ class Store:
             for user, tokens in row.items():
                 totals[int(_s(user))] = totals.get(int(_s(user)), 0) + int(tokens)
         return totals
+
+    async def keep_thoughts(self, channel_id: int, key: str, text: str, ttl_s: int) -> None:
+        name = self.keys.thoughts(channel_id, key)
+        await self._call(lambda: self.redis.set(name, text, ex=ttl_s))
+
+    async def thoughts(self, channel_id: int, key: str) -> str | None:
+        name = self.keys.thoughts(channel_id, key)
+        raw = await self._call(lambda: self.redis.get(name))
+        return None if raw is None else _s(raw)
 
     async def usage_days(self, scope: str, ident: int, days: list[str]) -> list[dict[str, int]]:
         """Raw per-day usage hashes for one user, channel or server."""
