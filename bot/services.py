@@ -29,6 +29,8 @@ from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store
 from bot.ops.metrics import Metrics
+from bot.tools.control import ToolService
+from bot.tools.mcp import ToolManager
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class Services:
     metrics: Metrics
     session: aiohttp.ClientSession
     embedded_redis: EmbeddedRedis | None
+    tools: ToolService | None = None
 
 
 async def wait_for_redis(
@@ -144,6 +147,11 @@ async def open_services(
         )
         llm = LLMClient(session, config.llm)
         usage = UsageService(store, config.usage)
+        # MCP tool servers start with the bot (and keep retrying in the background).
+        manager = ToolManager(config.mcp)
+        stack.push_async_callback(manager.stop)
+        await manager.start()
+        tools = ToolService(manager, store, config.mcp)
         yield Services(
             config=config,
             store=store,
@@ -157,6 +165,7 @@ async def open_services(
                 llm_config=config.llm,
                 default_persona=config.persona.default,
                 metrics=metrics,
+                tools=tools,
             ),
             personas=PersonaService(store, config.persona),
             usage=usage,
@@ -164,4 +173,5 @@ async def open_services(
             metrics=metrics,
             session=session,
             embedded_redis=embedded,
+            tools=tools,
         )

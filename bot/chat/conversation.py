@@ -13,20 +13,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.personas import render, resolve
 from bot.chat.usage import UsageService
-from bot.config import LLMConfig
+from bot.config import LLMConfig, MCPConfig
 from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.tokens import TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
+from bot.tools.control import ToolService
+from bot.tools.loop import ToolRun, ToolStep
+from bot.tools.mcp import ToolInfo
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class ConversationService:
         llm_config: LLMConfig,
         default_persona: str,
         metrics: Metrics | None = None,
+        tools: ToolService | None = None,
     ) -> None:
         self.store = store
         self.llm = llm
@@ -67,6 +71,7 @@ class ConversationService:
         self.default_persona = default_persona
         self.metrics = metrics
         self.bot_name = "Assistant"
+        self.tools = tools
 
     def reply(
         self, place: Place, speaker: Speaker, text: str, *, message_id: int | None = None
@@ -102,6 +107,9 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        # Tool use: set `on_tool_steps` (before iterating) to see each call as it runs.
+        self.on_tool_steps: Callable[[list[ToolStep]], None] | None = None
+        self._tools: ToolRun | None = None
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -132,9 +140,12 @@ class Reply:
             if s.metrics:
                 s.metrics.reply_started()
             self._started = time.monotonic()
+            tools = await self._offered_tools()
             self._stream = await self._stack.enter_async_context(
-                s.llm.stream(self.context.messages)
+                s.llm.stream(self.context.messages, tools=[t.spec() for t in tools] or None)
             )
+            if tools:
+                self._tools = self._tool_run(tools)
         except BaseException as exc:
             self._note_failure(exc)
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -146,7 +157,8 @@ class Reply:
 
     async def _iterate(self) -> AsyncIterator[str]:
         assert self._stream is not None, "use `async with` before iterating"
-        async for delta in self._stream:
+        source = self._tools.run(self._stream) if self._tools else self._stream
+        async for delta in source:
             if self._first_token_at is None:
                 self._first_token_at = time.monotonic()
                 if self.s.metrics:
@@ -159,14 +171,21 @@ class Reply:
         assert stream is not None and self.context is not None and self._user_turn is not None
         assert self._lock is not None
         text = stream.text
+        note = None
+        if self._tools:
+            stream, text = self._tools.last, self._tools.text
+            note = self._tools.history_note(self._tool_config().keep_results)
         if not text.strip():
             raise LLMEmptyReply()
-        usage = self._usage(stream)
+        usage = self._tool_usage() if self._tools else self._usage(stream)
         reply_turn = Turn(
             role="assistant",
             content=text,
-            tokens=usage.completion_tokens,
+            tokens=usage.completion_tokens
+            if not note
+            else s.counter.count(text) + s.counter.count(note),
             at=time.time(),
+            tool_note=note,
         )
         length = await s.store.commit(
             self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
@@ -195,17 +214,74 @@ class Reply:
             length,
         )
 
-    def _usage(self, stream: ChatStream) -> TokenUsage:
-        """Reported usage if the provider sent it (and learn from it), else our estimate."""
+    def _usage(self, stream: ChatStream, extra_prompt: int = 0) -> TokenUsage:
+        """Reported usage if the provider sent it (and learn from it), else our estimate.
+
+        `extra_prompt`: tokens a tool round's request had beyond the first prompt."""
         assert self.context is not None
         reported = stream.usage
         if reported is not None and reported.prompt_tokens > 0:
-            self.s.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
+            if not extra_prompt:
+                self.s.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
+            self.s.counter.calibrated(self.context.prompt_tokens + extra_prompt),
             self.s.counter.count(stream.text),
             estimated=True,
+        )
+
+    # --- tools (bot.tools) ----------------------------------------------------------------
+
+    def _model_offers_tools(self) -> bool:
+        """The one place that says whether the answering model may call tools."""
+        return self.s.llm_config.tools
+
+    def _tool_config(self) -> MCPConfig:
+        assert self.s.tools is not None
+        return self.s.tools.config
+
+    async def _offered_tools(self) -> list[ToolInfo]:
+        if self.s.tools is None:
+            return []
+        return await self.s.tools.for_reply(self.place, self._model_offers_tools())
+
+    def _tool_run(self, tools: list[ToolInfo]) -> ToolRun:
+        s, context = self.s, self.context
+        assert s.tools is not None and context is not None
+
+        async def open_next(
+            messages: list[dict[str, object]], specs: list[dict[str, object]], choice: str | None
+        ) -> ChatStream:
+            stream = s.llm.stream(messages, tools=specs, tool_choice=choice)
+            return await self._stack.enter_async_context(stream)
+
+        def show(steps: list[ToolStep]) -> None:
+            if self.on_tool_steps is not None:
+                self.on_tool_steps(steps)
+
+        left = s.llm_config.context_tokens - s.llm_config.max_tokens - context.prompt_tokens
+        return ToolRun(
+            manager=s.tools.manager,
+            tools=tools,
+            config=s.tools.config,
+            messages=context.messages,
+            open_stream=open_next,
+            counter=s.counter,
+            context_left=left - s.counter.count(str([t.spec() for t in tools])),
+            on_steps=show,
+        )
+
+    def _tool_usage(self) -> TokenUsage:
+        """Usage summed over every model call of the tool loop."""
+        assert self._tools is not None
+        calls = [
+            self._usage(st, extra)
+            for st, extra in zip(self._tools.streams, self._tools.extra_prompt, strict=True)
+        ]
+        return TokenUsage(
+            sum(u.prompt_tokens for u in calls),
+            sum(u.completion_tokens for u in calls),
+            estimated=any(u.estimated for u in calls),
         )
 
     def _usage_record(self, usage: TokenUsage) -> UsageRecord:
@@ -244,6 +320,15 @@ class Reply:
             self.s.counter.count(stream.text),
             estimated=True,
         )
+        if self._tools and self._tools.streams:  # every model call of the tool loop
+            usage = TokenUsage(
+                sum(
+                    self.s.counter.calibrated(self.context.prompt_tokens + extra)
+                    for extra in self._tools.extra_prompt
+                ),
+                self.s.counter.count(self._tools.text),
+                estimated=True,
+            )
         with contextlib.suppress(BotError):
             await self.s.store.record_usage(self._usage_record(usage))
 

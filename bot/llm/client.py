@@ -57,9 +57,11 @@ from bot.llm.sse import (
     ModelName,
     StreamError,
     TextDelta,
+    ToolCallDelta,
     Usage,
     parse_payload,
 )
+from bot.llm.toolcalls import ToolCall, ToolCallAccumulator
 
 __all__ = ["ChatStream", "LLMClient", "Usage", "classify_http_error"]
 
@@ -202,11 +204,27 @@ class LLMClient:
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.config.base_url!r}, model={self.config.model!r})"
 
-    def stream(self, messages: list[dict[str, Any]]) -> ChatStream:
-        """A streamed chat completion; use as `async with client.stream(m) as s`."""
-        return ChatStream(self, messages)
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+    ) -> ChatStream:
+        """A streamed chat completion; use as `async with client.stream(m) as s`.
 
-    def payload(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        With `tools` (OpenAI function specs) the model may answer with `s.tool_calls`.
+        """
+        stream = ChatStream(self, messages)
+        stream.tools, stream.tool_choice = tools, tool_choice
+        return stream
+
+    def payload(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+    ) -> dict[str, Any]:
         """The JSON body for one streamed chat request."""
         cfg = self.config
         body: dict[str, Any] = {
@@ -218,6 +236,10 @@ class LLMClient:
         }
         if self._send_stream_options:
             body["stream_options"] = {"include_usage": True}
+        if tools:
+            body["tools"] = tools
+            if tool_choice:
+                body["tool_choice"] = tool_choice
         body.update(cfg.extra_body)
         return body
 
@@ -335,6 +357,15 @@ class ChatStream:
         self._total_deadline = 0.0
         self._retry_hint: float | None = None
         self._status: int | None = None  # HTTP status of the last failed attempt, for logs
+        # Function calling: what is offered, and the calls the model made (none: no calls).
+        self.tools: list[dict[str, Any]] | None = None
+        self.tool_choice: str | None = None
+        self._tool_calls = ToolCallAccumulator()
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The tool calls the model streamed (complete once the stream finished)."""
+        return self._tool_calls.calls
 
     @property
     def text(self) -> str:
@@ -397,6 +428,7 @@ class ChatStream:
             self._status = None
             # Retries happen only before any text, so nothing from a failed attempt stays.
             self.finish_reason, self.usage, self.model = None, None, cfg.model
+            self._tool_calls.clear()
             try:
                 async with contextlib.aclosing(self._attempt(loop)) as deltas:
                     async for delta in deltas:
@@ -474,7 +506,11 @@ class ChatStream:
             loop.time() + cfg.first_token_timeout, "first_token"
         )
         resp = await client._request(
-            "POST", client._chat_url, client.payload(self._messages), first_deadline, first_phase
+            "POST",
+            client._chat_url,
+            client.payload(self._messages, self.tools, self.tool_choice),
+            first_deadline,
+            first_phase,
         )
         try:
             if not 200 <= resp.status < 300:
@@ -495,7 +531,7 @@ class ChatStream:
                 if self.finish_reason is not None:
                     wait = min(cfg.idle_timeout, _AFTER_FINISH_WAIT)
                     deadline, phase = self._limit(loop.time() + wait, "idle")
-                elif self._parts:
+                elif self._parts or self._tool_calls._calls:
                     deadline, phase = self._limit(loop.time() + cfg.idle_timeout, "idle")
                 else:
                     deadline, phase = first_deadline, first_phase
@@ -530,6 +566,10 @@ class ChatStream:
                             self.first_token_s = loop.time() - self._start
                         self._parts.append(ev.text)
                         batch.append(ev.text)
+                    elif isinstance(ev, ToolCallDelta):
+                        if not self._parts and not self._tool_calls._calls:
+                            self.first_token_s = loop.time() - self._start
+                        self._tool_calls.add(ev)
                     elif isinstance(ev, Finish):
                         self.finish_reason = ev.reason
                     elif isinstance(ev, Usage):

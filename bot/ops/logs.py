@@ -208,6 +208,8 @@ def redis_url_secrets(url: str) -> list[str]:
 def secrets_from_config(config: Config) -> list[str]:
     """Every secret value in the loaded configuration, for `setup_logging(secrets=...)`."""
     values = [config.discord.token, config.llm.api_key, *redis_url_secrets(config.redis.url)]
+    for server in config.mcp.servers:  # tool servers' environment and headers: API keys
+        values += [*server.env.values(), *server.headers.values()]
     return [v for v in values if v]
 
 

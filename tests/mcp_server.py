@@ -1,0 +1,80 @@
+"""A real MCP server for the tests, written with the official SDK, spoken to over stdio.
+
+Deterministic tools (a lookup and a calculator), plus misbehaving ones: a call that
+hangs, one that kills the server process, one that returns megabytes. At start it
+writes its `TOOL_TOKEN` environment variable to stderr, as careless servers do, so tests
+can check that the bot's logs never show it.
+
+    python tests/mcp_server.py      (the bot starts it; it speaks MCP on stdin/stdout)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from mcp.server.fastmcp import FastMCP
+
+FACTS = {
+    "discord rate limits": "Discord allows 50 requests per second per bot, plus route limits.",
+    "capital of france": "The capital of France is Paris.",
+}
+
+server = FastMCP("test-tools")
+
+
+@server.tool()
+def lookup(query: str) -> str:
+    """Look up a short fact about `query`."""
+    return FACTS.get(query.lower(), f"No facts about {query!r}.")
+
+
+@server.tool()
+def add(a: float, b: float) -> str:
+    """Add two numbers."""
+    return f"{a + b:g}"
+
+
+@server.tool()
+def multiply(a: float, b: float) -> str:
+    """Multiply two numbers."""
+    return f"{a * b:g}"
+
+
+@server.tool()
+async def slow_lookup(query: str, seconds: float = 0.5) -> str:
+    """Look up a fact, slowly."""
+    await asyncio.sleep(seconds)
+    return lookup(query)
+
+
+@server.tool()
+async def hang() -> str:
+    """Never answers."""
+    await asyncio.sleep(3600)
+    return "too late"
+
+
+@server.tool()
+def crash() -> str:
+    """Kills the server process in the middle of the call."""
+    sys.stderr.flush()
+    os._exit(3)
+
+
+@server.tool()
+def flood(megabytes: float = 2.0) -> str:
+    """Returns a huge text."""
+    return "x" * int(megabytes * 1024 * 1024)
+
+
+@server.tool()
+def whoami() -> str:
+    """Tells its process id (tests check restarts with it)."""
+    return str(os.getpid())
+
+
+if __name__ == "__main__":
+    print(f"test server starting, TOOL_TOKEN={os.environ.get('TOOL_TOKEN', '')}", file=sys.stderr)
+    server.run()
