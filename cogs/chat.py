@@ -21,6 +21,7 @@ from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, n
 from bot.delivery.renderer import ReplyRenderer
 from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
 from bot.models import Button, Speaker
+from bot.tools.loop import steps_header
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class Chat(commands.Cog):
             try:
                 conversation = self.services.conversations
                 async with conversation.reply(place, speaker, text, message_id=message.id) as reply:
+                    reply.on_tool_steps = lambda steps: renderer.set_header(steps_header(steps))
                     async for delta in reply:
                         renderer.push(delta)
                 await renderer.finish()

@@ -79,6 +79,10 @@ class ConversationService:
         """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`."""
         return Reply(self, place, speaker, text, message_id)
 
+    async def model_offers_tools(self, place: Place) -> bool:
+        """The one place that says whether the model answering in `place` may call tools."""
+        return self.llm_config.tools
+
     async def reset(self, channel_id: int) -> int:
         return await self.store.reset(channel_id)
 
@@ -232,10 +236,6 @@ class Reply:
 
     # --- tools (bot.tools) ----------------------------------------------------------------
 
-    def _model_offers_tools(self) -> bool:
-        """The one place that says whether the answering model may call tools."""
-        return self.s.llm_config.tools
-
     def _tool_config(self) -> MCPConfig:
         assert self.s.tools is not None
         return self.s.tools.config
@@ -243,7 +243,7 @@ class Reply:
     async def _offered_tools(self) -> list[ToolInfo]:
         if self.s.tools is None:
             return []
-        return await self.s.tools.for_reply(self.place, self._model_offers_tools())
+        return await self.s.tools.for_reply(self.place, await self.s.model_offers_tools(self.place))
 
     def _tool_run(self, tools: list[ToolInfo]) -> ToolRun:
         s, context = self.s, self.context
