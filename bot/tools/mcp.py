@@ -344,12 +344,11 @@ class ToolManager:
         await asyncio.gather(*(s.stop() for s in self.servers.values()))
 
     def tools(self) -> list[ToolInfo]:
-        """The tools of the connected servers the config allows, under unique names."""
+        """The tools the config allows of every server that connected once, under unique
+        names. A server restarting keeps its tools: a call waits a moment for it."""
         out: list[ToolInfo] = []
         seen: set[str] = set()
         for server in self.servers.values():
-            if server.state != "ready":
-                continue
             allowed = set(server.config.allowed_tools)
             for tool in server.tools:
                 if allowed and tool.name not in allowed:
