@@ -58,9 +58,7 @@ async def test_tools_command_lists_and_switches(h: BotHarness) -> None:
     assert listing.ephemeral
     assert "Tools are **on** here." in listing.content
     assert "• `lookup` (test): Look up a short fact" in listing.content
-    denied = await h.slash(
-        "tools", {"mode": "off"}, user_id=h.user, permissions=0, strict=False
-    )
+    denied = await h.slash("tools", {"mode": "off"}, user_id=h.user, permissions=0, strict=False)
     assert denied.ephemeral and "Manage Channels" in denied.content
     done = await h.slash("tools", {"mode": "off"}, permissions=MANAGE_CHANNELS, user_id=h.user)
     assert done.ephemeral and "now **off** in this channel" in done.content
