@@ -5,7 +5,8 @@ hangs, one that kills the server process, one that returns megabytes. At start i
 writes its `TOOL_TOKEN` environment variable to stderr, as careless servers do, so tests
 can check that the bot's logs never show it.
 
-    python tests/mcp_server.py      (the bot starts it; it speaks MCP on stdin/stdout)
+    python tests/mcp_server.py              (stdio: the bot starts it)
+    python tests/mcp_server.py --http PORT  (streamable HTTP on 127.0.0.1:PORT/mcp)
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def flood(megabytes: float = 2.0) -> str:
 
 
 @server.tool()
+async def exit_soon() -> str:
+    """Answers, then the server process exits a moment later (outside any call)."""
+    asyncio.get_running_loop().call_later(0.2, os._exit, 4)
+    return "bye"
+
+
+@server.tool()
 def whoami() -> str:
     """Tells its process id (tests check restarts with it)."""
     return str(os.getpid())
@@ -77,4 +85,9 @@ def whoami() -> str:
 
 if __name__ == "__main__":
     print(f"test server starting, TOOL_TOKEN={os.environ.get('TOOL_TOKEN', '')}", file=sys.stderr)
-    server.run()
+    if sys.argv[1:2] == ["--http"]:
+        server.settings.port = int(sys.argv[2])
+        server.settings.log_level = "WARNING"
+        server.run(transport="streamable-http")
+    else:
+        server.run()

@@ -8,8 +8,10 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -28,14 +30,15 @@ from bot.config import (
     MCPServerConfig,
     PersonaConfig,
     RedisConfig,
+    _build,
 )
-from bot.errors import ToolStepsExhausted
+from bot.errors import ConfigError, ToolStepsExhausted
 from bot.memory.redis_server import EmbeddedRedis
 from bot.models import Place, Speaker
 from bot.ops.logs import secrets_from_config, setup_logging
 from bot.services import Services, open_services
 from bot.tools.loop import ToolStep
-from bot.tools.mcp import ToolManager
+from bot.tools.mcp import ToolManager, ToolResult
 from tests.standin.llm_api import Behavior, LLMStandIn
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
@@ -395,3 +398,77 @@ async def test_manager_filters_tools_and_stops_the_process() -> None:
 
 def _today() -> str:
     return time.strftime("%Y%m%d", time.gmtime())
+
+
+async def test_a_server_that_dies_between_calls_is_noticed_and_restarted() -> None:
+    manager = ToolManager(MCPConfig(servers=[server_config()]), ping_interval=0.3)
+    await manager.start()
+    try:
+        tools = {t.name: t for t in manager.tools()}
+        first = (await manager.call(tools["whoami"], {}, 100)).text
+        assert (await manager.call(tools["exit_soon"], {}, 100)).text == "bye"
+        server = manager.servers["test"]
+        async with asyncio.timeout(10):
+            while server.restarts == 0 or server.state != "ready":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        second = (await manager.call(tools["whoami"], {}, 100)).text
+        assert second != first
+    finally:
+        await manager.stop()
+
+
+async def test_a_server_over_streamable_http() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, SERVER, "--http", str(port), stderr=asyncio.subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    manager = ToolManager(
+        MCPConfig(servers=[MCPServerConfig(name="web", url=url, headers={"X-Key": "k" * 8})])
+    )
+    try:
+        await manager.start(wait=1)
+        server = manager.servers["web"]
+        assert await server.wait_ready(15), "the HTTP server never became ready"
+        lookup = next(t for t in manager.tools() if t.name == "lookup")
+        result = await manager.call(lookup, {"query": "capital of France"}, 100)
+        assert result == ToolResult("The capital of France is Paris.", ok=True)
+    finally:
+        await manager.stop()
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+def test_config_rules_for_tool_servers() -> None:
+    def load(text: str) -> Config:
+        data = tomllib.loads(text)
+        return _build(Config, data, "")
+
+    config = load(
+        '[llm]\ntools = true\n[mcp]\nmax_steps = 3\n[[mcp.servers]]\nname = "search"\n'
+        'command = "npx"\nargs = ["-y", "srv"]\nenv = { API_KEY = "sekrit-key" }\n'
+        '[[mcp.servers]]\nname = "web"\nurl = "https://example.org/mcp"\n'
+        'headers = { Authorization = "Bearer abcdef" }\nallowed_tools = ["fetch"]\n'
+    )
+    assert config.llm.tools and config.mcp.max_steps == 3
+    assert [s.name for s in config.mcp.servers] == ["search", "web"]
+    assert "sekrit" not in repr(config) and "abcdef" not in repr(config)
+    assert {"sekrit-key", "Bearer abcdef"} <= set(secrets_from_config(config))
+    assert load("").mcp.servers == [] and not load("").llm.tools
+    for text, message in (
+        ('[[mcp.servers]]\nname = "x"\n', "needs exactly one of `command` (stdio) or `url`"),
+        ('[[mcp.servers]]\nname = "x"\ncommand = "a"\nurl = "http://b"\n', "exactly one"),
+        ('[[mcp.servers]]\nname = "a b"\ncommand = "a"\n', "mcp.servers[0].name = 'a b'"),
+        ('[[mcp.servers]]\nname = "x"\nurl = "ftp://b"\n', "mcp.servers[0].url = 'ftp://b'"),
+        ('[[mcp.servers]]\nname = "x"\ncommand = "a"\ntimeout_s = 0\n', "timeout_s = 0"),
+        ("[mcp]\nmax_steps = 0\n", "mcp.max_steps = 0: must be a number from 1 to 50"),
+        (
+            '[[mcp.servers]]\nname = "x"\ncommand = "a"\n[[mcp.servers]]\nname = "x"\nurl = "http://b"\n',
+            "the name 'x' is used twice",
+        ),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load(text)
+        assert message in str(err.value) and "\n" not in str(err.value)
