@@ -17,6 +17,7 @@ from typing import TextIO
 from bot.errors import BotError, user_message
 from bot.models import Place, Speaker
 from bot.services import Services
+from bot.tools.loop import ToolStep, step_line
 
 HELP = """Commands:
   /persona                 show the persona in use
@@ -80,6 +81,15 @@ class Console:
         self.say("bot> ", end="")
         conv = self.services.conversations
         async with conv.reply(self.place, self.speaker, text) as reply:
+            shown: set[int] = set()
+
+            def steps(done: list[ToolStep]) -> None:
+                for i, step in enumerate(done):
+                    if step.state != "running" and i not in shown:
+                        shown.add(i)
+                        self.say(f"[{step_line(step).removeprefix('-# ')}] ", end="")
+
+            reply.on_tool_steps = steps
             async for delta in reply:
                 self.say(delta, end="")
         self.say()

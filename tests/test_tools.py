@@ -32,6 +32,7 @@ from bot.config import (
     RedisConfig,
     _build,
 )
+from bot.console import Console
 from bot.errors import ConfigError, ToolStepsExhausted
 from bot.memory.redis_server import EmbeddedRedis
 from bot.models import Place, Speaker
@@ -472,3 +473,19 @@ def test_config_rules_for_tool_servers() -> None:
         with pytest.raises(ConfigError) as err:
             load(text)
         assert message in str(err.value) and "\n" not in str(err.value)
+
+
+async def test_console_shows_the_tool_steps(services: Services, llm: LLMStandIn) -> None:
+    out = io.StringIO()
+    console = Console(services, "desk", out=out, user="admin")
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    for line in ["capital?", None]:
+        lines.put_nowait(line)
+    llm.push(
+        Behavior(tool_calls=[call("lookup", query="capital of france"), call("nope")]),
+        Behavior(reply="Paris."),
+    )
+    await console.run(lines)
+    assert "bot> [🔧 lookup: `capital of france` ✓] [🔧 nope ✗ unknown tool] Paris." in (
+        out.getvalue()
+    )
