@@ -489,3 +489,23 @@ async def test_console_shows_the_tool_steps(services: Services, llm: LLMStandIn)
     assert "bot> [🔧 lookup: `capital of france` ✓] [🔧 nope ✗ unknown tool] Paris." in (
         out.getvalue()
     )
+
+
+async def test_a_long_history_leaves_room_for_tool_results(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+) -> None:
+    config = make_config(redis_server.url, llm.base_url)
+    config = replace(config, llm=replace(config.llm, context_tokens=3000))
+    async with open_services(config) as services:
+        llm.default = Behavior(reply="ok " * 300)
+        for i in range(8):
+            await ask(services, f"turn {i} " + "word " * 300)
+        llm.push(Behavior(tool_calls=[call("flood", megabytes=1)]), Behavior(reply="Big."))
+        await ask(services, "flood now")
+        first, second = llm.chat_requests[-2:]
+        (result,) = tool_messages(second.body)
+        # History was trimmed to leave the tools room: a useful result, and a prompt
+        # that still fits the window with the reply reserve.
+        assert len(result) > 1500
+        assert second.prompt_tokens < 3000 - 200
+        assert len(first.body["messages"]) < 17

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
 from bot.tools.control import ToolService
-from bot.tools.loop import ToolRun, ToolStep
+from bot.tools.loop import CHARS_PER_TOKEN, ToolRun, ToolStep
 from bot.tools.mcp import ToolInfo
 
 log = logging.getLogger(__name__)
@@ -133,18 +134,18 @@ class Reply:
                 author_name=self.speaker.name,
                 message_id=self.message_id,
             )
+            tools = await self._offered_tools()
             self.context = build_context(
                 system,
                 loaded.history,
                 self._user_turn,
-                context_tokens=s.llm_config.context_tokens,
+                context_tokens=s.llm_config.context_tokens - self._tool_reserve(tools),
                 reply_tokens=s.llm_config.max_tokens,
                 counter=s.counter,
             )
             if s.metrics:
                 s.metrics.reply_started()
             self._started = time.monotonic()
-            tools = await self._offered_tools()
             self._stream = await self._stack.enter_async_context(
                 s.llm.stream(self.context.messages, tools=[t.spec() for t in tools] or None)
             )
@@ -245,6 +246,15 @@ class Reply:
             return []
         return await self.s.tools.for_reply(self.place, await self.s.model_offers_tools(self.place))
 
+    def _tool_reserve(self, tools: list[ToolInfo]) -> int:
+        """Context tokens history leaves for the tools: their descriptions, and room for
+        results (up to a quarter of the window)."""
+        if not tools:
+            return 0
+        window = self.s.llm_config.context_tokens
+        results = min(self._tool_config().max_result_chars // CHARS_PER_TOKEN, window // 4)
+        return self.s.counter.count(json.dumps([t.spec() for t in tools])) + results
+
     def _tool_run(self, tools: list[ToolInfo]) -> ToolRun:
         s, context = self.s, self.context
         assert s.tools is not None and context is not None
@@ -267,7 +277,7 @@ class Reply:
             messages=context.messages,
             open_stream=open_next,
             counter=s.counter,
-            context_left=left - s.counter.count(str([t.spec() for t in tools])),
+            context_left=left - s.counter.count(json.dumps([t.spec() for t in tools])),
             on_steps=show,
         )
 
