@@ -274,7 +274,8 @@ async def test_a_crashing_server_is_restarted(services: Services, llm: LLMStandI
 
 async def test_megabytes_of_output_are_capped(services: Services, llm: LLMStandIn) -> None:
     llm.push(Behavior(tool_calls=[call("flood", megabytes=3)]), Behavior(reply="Big."))
-    await ask(services, "flood")
+    _, seen = await ask(services, "flood")
+    assert [(s.state, s.note) for s in seen[-1]] == [("ok", "result cut")]
     (result,) = tool_messages(llm.chat_requests[1].body)
     assert len(result) < 8100
     assert result.endswith("[… cut: the result had 3,145,728 characters]")

@@ -193,7 +193,7 @@ class ToolRun:
                     raise result
                 log.error("tool call %s crashed", call.name, exc_info=result)
                 result = ToolResult("Error: the tool call failed.", ok=False, note="failed")
-            step.state, step.note = ("ok", "") if result.ok else ("error", result.note)
+            step.state, step.note = ("ok" if result.ok else "error"), result.note
             part = call.as_message_part()
             try:
                 call.parsed_arguments()

@@ -377,10 +377,11 @@ class ToolManager:
             result = await server.call(tool.remote, arguments)
         except ToolFailure as exc:
             return ToolResult(f"Error: {exc}", ok=False, note=str(exc))
-        text = cap(result_text(result), max_chars)
+        full = result_text(result)
+        text = cap(full, max_chars)
         if getattr(result, "isError", False):
             return ToolResult(f"Error: {text}", ok=False, note="the tool reported an error")
-        return ToolResult(text, ok=True)
+        return ToolResult(text, ok=True, note="" if text is full else "result cut")
 
 
 def cap(text: str, max_chars: int) -> str:
