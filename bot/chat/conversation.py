@@ -222,7 +222,8 @@ class Reply:
     def _usage(self, stream: ChatStream, extra_prompt: int = 0) -> TokenUsage:
         """Reported usage if the provider sent it (and learn from it), else our estimate.
 
-        `extra_prompt`: tokens a tool round's request had beyond the first prompt."""
+        `extra_prompt`: tokens a tool loop's request had beyond the history (no learning
+        from those: the specs and results are not in our estimate the same way)."""
         assert self.context is not None
         reported = stream.usage
         if reported is not None and reported.prompt_tokens > 0:
@@ -277,7 +278,8 @@ class Reply:
             messages=context.messages,
             open_stream=open_next,
             counter=s.counter,
-            context_left=left - s.counter.count(json.dumps([t.spec() for t in tools])),
+            context_left=left,
+            spec_tokens=s.counter.count(json.dumps([t.spec() for t in tools])),
             on_steps=show,
         )
 

@@ -120,6 +120,7 @@ class ToolRun:
         open_stream: OpenStream,
         counter: TokenCounter,
         context_left: int,
+        spec_tokens: int = 0,
         on_steps: Callable[[list[ToolStep]], None] | None = None,
     ) -> None:
         self.manager = manager
@@ -129,16 +130,18 @@ class ToolRun:
         self.messages = list(messages)
         self.open_stream = open_stream
         self.counter = counter
-        # Tokens the prompt may still grow by (context minus reply reserve minus prompt).
+        # Tokens the prompt may grow by beyond the history (context minus reply reserve
+        # minus the history prompt); the specs and every round's messages use it up.
         self.context_left = context_left
         self.on_steps = on_steps
         self.streams: list[ChatStream] = []
-        # Prompt tokens each stream's request had beyond the first request (estimates).
+        # Prompt tokens each request had beyond the history (estimates): the tool specs,
+        # then the calls and results of earlier rounds.
         self.extra_prompt: list[int] = []
         self.steps: list[ToolStep] = []
         self.used: list[UsedTool] = []
         self._texts: list[str] = []
-        self._added = 0
+        self._added = spec_tokens
 
     @property
     def text(self) -> str:
