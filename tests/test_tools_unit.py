@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 
+import aiohttp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.config import LLMConfig
 from bot.delivery.renderer import ReplyRenderer
+from bot.llm.client import LLMClient
 from bot.llm.sse import ChatChunkParser, TextDelta, ToolCallDelta, parse_payload
 from bot.llm.toolcalls import ToolCall, ToolCallAccumulator
 from bot.tools.loop import ToolStep, shown_args, step_line, steps_header
-from tests.standin.llm_api import Behavior
+from tests.standin.llm_api import Behavior, LLMStandIn
 from tests.test_render import FakeDiscord, FakeSink, make_budget
 
 
@@ -129,11 +134,30 @@ async def test_renderer_header_sits_above_the_text_in_the_first_message() -> Non
     assert not any("⏳" in m for m in shown)
 
 
-async def discord_wait(cond: object, timeout: float = 3.0) -> None:  # noqa: ASYNC109
-    import asyncio
-
+async def discord_wait(cond: Callable[[], bool], timeout: float = 3.0) -> None:  # noqa: ASYNC109
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         assert loop.time() < end, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_client_sends_tools_and_reads_calls_cut_into_tiny_writes() -> None:
+    spec = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
+    async with LLMStandIn() as llm, aiohttp.ClientSession() as session:
+        client = LLMClient(session, LLMConfig(base_url=llm.base_url, max_retries=0))
+        llm.push(Behavior(reply="Checking.", tool_calls=CALLS, tool_chunk=1, write_size=3))
+        async with client.stream([{"role": "user", "content": "hi"}], tools=[spec]) as s:
+            text = "".join([d async for d in s])
+        assert text == "Checking." and s.finish_reason == "tool_calls"
+        assert [(c.id, c.name) for c in s.tool_calls] == [("a1", "lookup"), ("b2", "add")]
+        assert s.tool_calls[0].parsed_arguments() == CALLS[0]["arguments"]
+        body = llm.chat_requests[-1].body
+        assert body["tools"] == [spec] and "tool_choice" not in body
+        llm.push(Behavior(reply="Done."))
+        async with client.stream([], tools=[spec], tool_choice="none") as s:
+            assert "".join([d async for d in s]) == "Done." and s.tool_calls == []
+        assert llm.chat_requests[-1].body["tool_choice"] == "none"
+        async with client.stream([{"role": "user", "content": "x"}]) as s:
+            _ = [d async for d in s]
+        assert "tools" not in llm.chat_requests[-1].body

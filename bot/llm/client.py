@@ -531,7 +531,7 @@ class ChatStream:
                 if self.finish_reason is not None:
                     wait = min(cfg.idle_timeout, _AFTER_FINISH_WAIT)
                     deadline, phase = self._limit(loop.time() + wait, "idle")
-                elif self._parts or self._tool_calls._calls:
+                elif self._parts or self._tool_calls:
                     deadline, phase = self._limit(loop.time() + cfg.idle_timeout, "idle")
                 else:
                     deadline, phase = first_deadline, first_phase
@@ -567,7 +567,7 @@ class ChatStream:
                         self._parts.append(ev.text)
                         batch.append(ev.text)
                     elif isinstance(ev, ToolCallDelta):
-                        if not self._parts and not self._tool_calls._calls:
+                        if not self._parts and not self._tool_calls:
                             self.first_token_s = loop.time() - self._start
                         self._tool_calls.add(ev)
                     elif isinstance(ev, Finish):

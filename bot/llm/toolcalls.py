@@ -67,6 +67,9 @@ class ToolCallAccumulator:
             call.name += delta.name
         call.arguments += delta.arguments
 
+    def __len__(self) -> int:
+        return len(self._calls)
+
     def clear(self) -> None:
         self._calls.clear()
         self._slot.clear()
