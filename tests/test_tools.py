@@ -458,6 +458,8 @@ def test_config_rules_for_tool_servers() -> None:
     assert [s.name for s in config.mcp.servers] == ["search", "web"]
     assert "sekrit" not in repr(config) and "abcdef" not in repr(config)
     assert {"sekrit-key", "Bearer abcdef"} <= set(secrets_from_config(config))
+    with_key = load('[[mcp.servers]]\nname = "k"\nurl = "https://h/mcp?api_key=k%3D123&x=1"\n')
+    assert {"k%3D123", "k=123"} == set(secrets_from_config(with_key))
     assert load("").mcp.servers == [] and not load("").llm.tools
     for text, message in (
         ('[[mcp.servers]]\nname = "x"\n', "needs exactly one of `command` (stdio) or `url`"),

@@ -44,6 +44,8 @@ PING_INTERVAL_S = 15.0
 PING_TIMEOUT_S = 10.0
 # A call arriving while its server reconnects waits this long for it.
 READY_WAIT_S = 5.0
+# The SDK (pydantic, httpx, anyio: about a second of start-up) is imported inside the
+# functions that need it, so a bot without `[[mcp.servers]]` never loads it.
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +168,14 @@ class MCPServer:
                     f"the tool server `{self.name}` stopped during the call"
                 ) from None
             raise ToolFailure(f"the tool server refused the call: {exc.error.message}") from None
-        except (OSError, RuntimeError, ValueError) as exc:
-            # A broken pipe to a dead process, an output that fails its schema, ...
-            if isinstance(exc, OSError):
-                self._connection_lost()
+        except (RuntimeError, ValueError) as exc:
+            # A result that fails its output schema, or does not parse.
+            raise ToolFailure(
+                f"the tool's result was not readable ({type(exc).__name__})"
+            ) from None
+        except Exception as exc:
+            # A broken pipe to a dead process, streams closed under us: reconnect.
+            self._connection_lost()
             raise ToolFailure(f"the call failed ({type(exc).__name__})") from None
 
     def _connection_lost(self) -> None:
