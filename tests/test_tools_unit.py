@@ -113,8 +113,10 @@ def test_step_lines_are_short_small_and_inert() -> None:
         "-# 🔧 hang ✗ no answer within 2 s"
     )
     assert step_line(ToolStep("t", "x")).endswith("…")
-    many = steps_header([ToolStep(f"t{i}", "x" * 60, "ok") for i in range(40)])
-    assert many.count("\n") == 11 and "29 earlier calls" in many and len(many) < 1500
+    assert step_line(ToolStep("a`b\n# @everyone", "")) == "-# 🔧 a_b____everyone …"
+    long = ToolStep("n" * 99, "x" * 99, "error", "e" * 999)
+    many = steps_header([long] * 40)
+    assert many.count("\n") == 9 and "31 earlier calls" in many and len(many) < 1900
 
 
 async def test_renderer_header_sits_above_the_text_in_the_first_message() -> None:

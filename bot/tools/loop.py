@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 # More calls than this in one round get an error result instead of running.
 MAX_CALLS_PER_STEP = 8
 # The step lines shown above a reply: at most this many, each argument this long.
-MAX_STEP_LINES = 12
+MAX_STEP_LINES = 10
+NAME_SHOWN_CHARS = 32
 ARG_SHOWN_CHARS = 60
+NOTE_SHOWN_CHARS = 60
 # Rough characters per token, to turn the context left into a result size.
 CHARS_PER_TOKEN = 3
 
@@ -88,13 +90,14 @@ def shown_args(arguments: str) -> str:
 def step_line(step: ToolStep) -> str:
     """`-# 🔧 search: `query` ✓` (Discord's small text)."""
     mark = {"running": "…", "ok": "✓"}.get(step.state, "✗")
-    line = f"-# 🔧 {step.name}"
+    name = "".join(c if c.isalnum() or c in "_-." else "_" for c in step.name)[:NAME_SHOWN_CHARS]
+    line = f"-# 🔧 {name}"
     if step.args:
         line += f": `{step.args}`"
     line += f" {mark}"
     if step.note:
         note = " ".join(step.note.replace("`", "'").split())
-        line += f" {note[:80]}"
+        line += f" {note[:NOTE_SHOWN_CHARS]}"
     return line
 
 
