@@ -15,7 +15,7 @@ import asyncio
 import os
 import sys
 
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
 
 FACTS = {
     "discord rate limits": "Discord allows 50 requests per second per bot, plus route limits.",
@@ -75,6 +75,19 @@ async def exit_soon() -> str:
     """Answers, then the server process exits a moment later (outside any call)."""
     asyncio.get_running_loop().call_later(0.2, os._exit, 4)
     return "bye"
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Adds a tool `shrink` and tells the client the tool list changed."""
+
+    def shrink() -> str:
+        """A tool that exists only after `grow`."""
+        return "shrunk"
+
+    server.add_tool(shrink)
+    await ctx.session.send_tool_list_changed()
+    return "grown"
 
 
 @server.tool()

@@ -512,3 +512,19 @@ async def test_a_long_history_leaves_room_for_tool_results(
         assert len(result) > 1500
         assert second.prompt_tokens < 3000 - 200
         assert len(first.body["messages"]) < 17
+
+
+async def test_a_changed_tool_list_is_fetched_again() -> None:
+    manager = ToolManager(MCPConfig(servers=[server_config()]))
+    await manager.start()
+    try:
+        tools = {t.name: t for t in manager.tools()}
+        assert "shrink" not in tools
+        assert (await manager.call(tools["grow"], {}, 100)).text == "grown"
+        async with asyncio.timeout(5):
+            while "shrink" not in {t.name for t in manager.tools()}:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        shrink = next(t for t in manager.tools() if t.name == "shrink")
+        assert (await manager.call(shrink, {}, 100)).text == "shrunk"
+    finally:
+        await manager.stop()

@@ -116,6 +116,7 @@ class MCPServer:
         self._session: Any = None
         self._ready = asyncio.Event()
         self._lost = asyncio.Event()
+        self._relist = asyncio.Event()  # the server said its tools changed
         self._stop = asyncio.Event()
         self._first_attempt = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -222,7 +223,12 @@ class MCPServer:
         async with contextlib.AsyncExitStack() as stack:
             read, write = await stack.enter_async_context(self._transport())
             session = await stack.enter_async_context(
-                ClientSession(read, write, read_timeout_seconds=timedelta(seconds=3600))
+                ClientSession(
+                    read,
+                    write,
+                    read_timeout_seconds=timedelta(seconds=3600),
+                    message_handler=self._on_message,
+                )
             )
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 await session.initialize()
@@ -252,12 +258,22 @@ class MCPServer:
         async with _stderr_to_log(self.name) as errlog, stdio_client(params, errlog) as streams:
             yield streams
 
+    async def _on_message(self, message: Any) -> None:
+        """Server notifications: a changed tool list is fetched again."""
+        from mcp.types import ServerNotification, ToolListChangedNotification
+
+        if isinstance(message, ServerNotification) and isinstance(
+            message.root, ToolListChangedNotification
+        ):
+            self._relist.set()
+
     async def _watch(self, session: Any) -> None:
-        """Return when the connection is lost (or the bot stops)."""
+        """Return when the connection is lost (or the bot stops); keep the tools current."""
         while not self._stop.is_set():
             waits = {
                 asyncio.ensure_future(self._stop.wait()),
                 asyncio.ensure_future(self._lost.wait()),
+                asyncio.ensure_future(self._relist.wait()),
             }
             try:
                 await asyncio.wait(
@@ -271,6 +287,16 @@ class MCPServer:
             if self._lost.is_set():
                 log.warning("MCP server %s: the connection was lost", self.name)
                 return
+            if self._relist.is_set():
+                self._relist.clear()
+                try:
+                    async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                        self.tools = list((await session.list_tools()).tools)
+                except Exception as exc:
+                    log.warning("MCP server %s: cannot list its tools: %s", self.name, _reason(exc))
+                    return
+                log.info("MCP server %s now has %d tools", self.name, len(self.tools))
+                continue
             try:
                 async with asyncio.timeout(PING_TIMEOUT_S):
                     await session.send_ping()
