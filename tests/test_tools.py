@@ -191,6 +191,9 @@ async def test_a_chain_of_three_steps(services: Services, llm: LLMStandIn) -> No
     # The assistant's words before a call go back with the call.
     third = llm.chat_requests[2].body["messages"]
     assert third[-2]["content"] == "Now multiplying."
+    # The stand-in numbers its call ids per stream, as some servers do: ids stay unique.
+    ids = [m["tool_call_id"] for m in llm.chat_requests[3].body["messages"] if m["role"] == "tool"]
+    assert len(set(ids)) == 3
 
 
 async def test_max_steps_then_the_model_must_answer(

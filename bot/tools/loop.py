@@ -145,6 +145,7 @@ class ToolRun:
         self.used: list[UsedTool] = []
         self._texts: list[str] = []
         self._added = spec_tokens
+        self._ids: set[str] = set()
 
     @property
     def text(self) -> str:
@@ -183,6 +184,10 @@ class ToolRun:
 
     async def _round(self, stream: ChatStream, calls: list[ToolCall]) -> None:
         """Run one round of calls and append the call and its results to the messages."""
+        for call in calls:  # ids a server left out (or reused) must differ in one history
+            if call.id in self._ids:
+                call.id = f"{call.id}_{len(self._ids)}"
+            self._ids.add(call.id)
         steps = [ToolStep(c.name or "?", shown_args(c.arguments)) for c in calls]
         self.steps.extend(steps)
         self._show()
