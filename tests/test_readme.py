@@ -211,7 +211,7 @@ def standin_wrapper_env(standin: DiscordStandIn, tmp_path: Path, config: Path) -
     )
 
 
-EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage", "tools"}
+EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage", "memory", "model", "tools"}
 
 
 async def test_run_sync_guild_registers_the_commands_in_that_server(
@@ -357,7 +357,18 @@ def test_provider_recipes_are_all_there() -> None:
         "LM Studio",
         "OpenRouter",
         "Groq",
+        "Several providers",
     ]
+
+
+def test_several_providers_recipe_gives_three_models(tmp_path: Path) -> None:
+    from bot.config import resolve_models
+
+    path = tmp_path / "config.toml"
+    path.write_text(provider_recipes()["Several providers"])
+    specs = resolve_models(load_config(path, environ={"LLM_API_KEY_GROQ": "k"}))
+    assert list(specs) == ["local", "groq-8b", "gpt-4o-mini"]
+    assert specs["local"].fallback == "groq-8b" and specs["groq-8b"].llm.api_key == "k"
 
 
 def test_every_other_toml_block_parses_as_a_config(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from bot.config import (
     LoggingConfig,
     MCPConfig,
     MCPServerConfig,
+    ModelConfig,
     PersonaConfig,
     RedisConfig,
     _build,
@@ -501,7 +502,12 @@ async def test_a_long_history_leaves_room_for_tool_results(
     redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
 ) -> None:
     config = make_config(redis_server.url, llm.base_url)
-    config = replace(config, llm=replace(config.llm, context_tokens=3000))
+    config = replace(
+        config,
+        llm=replace(config.llm, context_tokens=3000),
+        # Old turns are dropped, not summarised: the summary has its own budget.
+        history=replace(config.history, summarize=False),
+    )
     async with open_services(config) as services:
         llm.default = Behavior(reply="ok " * 300)
         for i in range(8):
@@ -531,3 +537,23 @@ async def test_a_changed_tool_list_is_fetched_again() -> None:
         assert (await manager.call(shrink, {}, 100)).text == "shrunk"
     finally:
         await manager.stop()
+
+
+async def test_tools_follow_the_models_own_flag(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+) -> None:
+    config = make_config(redis_server.url, llm.base_url, tools=False)
+    models = {
+        "smart": ModelConfig(model="smart-1", context_tokens=8000, max_tokens=200, tools=True),
+        "plain": ModelConfig(model="plain-1", context_tokens=8000, max_tokens=200),
+    }
+    async with open_services(replace(config, models=models)) as services:
+        assert await services.conversations.model_offers_tools(HERE)
+        await ask(services, "hi")
+        assert llm.chat_requests[-1].body["model"] == "smart-1"
+        assert "tools" in llm.chat_requests[-1].body
+        await services.conversations.choices.set("channel", HERE.channel_id, "plain")
+        assert not await services.conversations.model_offers_tools(HERE)
+        await ask(services, "hi again")
+        assert llm.chat_requests[-1].body["model"] == "plain-1"
+        assert "tools" not in llm.chat_requests[-1].body

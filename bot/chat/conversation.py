@@ -17,14 +17,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from bot.chat.context import BuiltContext, build_context, speaker_line
+from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import render, resolve
+from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
-from bot.config import LLMConfig, MCPConfig
+from bot.config import LLMConfig, MCPConfig, ModelSpec
 from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
-from bot.llm.tokens import TokenCounter
+from bot.llm.models import ModelRegistry
+from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
@@ -39,6 +43,10 @@ FINISH_NOTES = {
     "content_filter": "The provider's content filter stopped this answer.",
 }
 CUT_MESSAGE_NOTE = "Your message was too long for the model, so only its start was read."
+
+
+def fallback_note(failed: str, answered: str) -> str:
+    return f"`{failed}` could not answer right now, so `{answered}` answered instead."
 
 
 @dataclass(slots=True)
@@ -62,9 +70,13 @@ class ConversationService:
         llm_config: LLMConfig,
         default_persona: str,
         metrics: Metrics | None = None,
+        summaries: SummaryService | None = None,
+        models: ModelRegistry | None = None,
+        choices: ModelChoiceService | None = None,
         tools: ToolService | None = None,
     ) -> None:
         self.store = store
+        self.summaries = summaries
         self.llm = llm
         self.counter = counter
         self.usage = usage
@@ -72,6 +84,9 @@ class ConversationService:
         self.default_persona = default_persona
         self.metrics = metrics
         self.bot_name = "Assistant"
+        # Several models (/model): without a registry, `llm` is the one model.
+        self.models = models or ModelRegistry.single(llm, counter)
+        self.choices = choices or ModelChoiceService(store, self.models)
         self.tools = tools
 
     def reply(
@@ -81,8 +96,8 @@ class ConversationService:
         return Reply(self, place, speaker, text, message_id)
 
     async def model_offers_tools(self, place: Place) -> bool:
-        """The one place that says whether the model answering in `place` may call tools."""
-        return self.llm_config.tools
+        """Whether the model answering in `place` may call tools (its `tools` flag)."""
+        return (await self.choices.current(place)).spec.tools
 
     async def reset(self, channel_id: int) -> int:
         return await self.store.reset(channel_id)
@@ -112,6 +127,12 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        self._history: list[Turn] = []
+        self._persona_tokens = 0
+        # The model answering (after any fallback) and its token counter.
+        self.spec: ModelSpec = service.models.default
+        self.counter = service.counter
+        self._notes: list[str] = []
         # Tool use: set `on_tool_steps` (before iterating) to see each call as it runs.
         self.on_tool_steps: Callable[[list[ToolStep]], None] | None = None
         self._tools: ToolRun | None = None
@@ -119,12 +140,16 @@ class Reply:
     async def __aenter__(self) -> Reply:
         s = self.s
         try:
+            self.spec = (await s.choices.current(self.place)).spec
+            self.counter = s.models.counter(self.spec)
             loaded, self._lock = await self._stack.enter_async_context(
                 s.store.turn(self.place, self.speaker.id)
             )
             s.usage.check_quota(loaded.user_tokens_today)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
+            self._history = loaded.history
+            self._persona_tokens = s.counter.count_message({"role": "system", "content": system})
             self._user_turn = Turn(
                 role="user",
                 content=self.text,
@@ -134,23 +159,38 @@ class Reply:
                 author_name=self.speaker.name,
                 message_id=self.message_id,
             )
-            tools = await self._offered_tools()
-            self.context = build_context(
-                system,
-                loaded.history,
-                self._user_turn,
-                context_tokens=s.llm_config.context_tokens - self._tool_reserve(tools),
-                reply_tokens=s.llm_config.max_tokens,
-                counter=s.counter,
-            )
+            user_turn = self._user_turn
+            # Tools this place may use; each model in the fallback chain says whether it can.
+            available = await self._available_tools()
+            offered: dict[str, list[ToolInfo]] = {}
+
+            def messages_for(spec: ModelSpec) -> list[dict[str, Any]]:
+                # Each model has its own context budget and token calibration.
+                self.spec, self.counter = spec, s.models.counter(spec)
+                tools = offered[spec.name] = available if spec.tools else []
+                self.context = build_context(
+                    system,
+                    loaded.history,
+                    user_turn,
+                    context_tokens=spec.context_tokens - self._tool_reserve(tools),
+                    reply_tokens=spec.max_tokens,
+                    counter=self.counter,
+                    summary=loaded.summary.text if loaded.summary else "",
+                )
+                return self.context.messages
+
+            def tools_for(spec: ModelSpec) -> list[dict[str, Any]] | None:
+                return [t.spec() for t in offered[spec.name]] or None
+
             if s.metrics:
                 s.metrics.reply_started()
             self._started = time.monotonic()
-            self._stream = await self._stack.enter_async_context(
-                s.llm.stream(self.context.messages, tools=[t.spec() for t in tools] or None)
-            )
-            if tools:
-                self._tools = self._tool_run(tools)
+            routed = await s.models.open(self._stack, self.spec, messages_for, tools_for)
+            self._stream = routed.stream
+            if routed.failed:
+                self._notes.append(fallback_note(routed.failed[0][0].name, routed.spec.name))
+            if offered[routed.spec.name]:
+                self._tools = self._tool_run(offered[routed.spec.name])
         except BaseException as exc:
             self._note_failure(exc)
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -188,20 +228,21 @@ class Reply:
             content=text,
             tokens=usage.completion_tokens
             if not note
-            else s.counter.count(text) + s.counter.count(note),
+            else self.counter.count(text) + self.counter.count(note),
             at=time.time(),
             tool_note=note,
         )
         length = await s.store.commit(
             self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
         )
-        notes = []
+        notes = list(self._notes)
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
         finish = stream.finish_reason or "stop"
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
         self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        self._maybe_summarize([*self._history, self._user_turn, reply_turn])
         elapsed = time.monotonic() - self._started
         if s.metrics:
             s.metrics.reply_finished()
@@ -219,6 +260,17 @@ class Reply:
             length,
         )
 
+    def _maybe_summarize(self, history: list[Turn]) -> None:
+        """Start folding old turns into the summary, in the background, if any left the window."""
+        summaries, user_turn = self.s.summaries, self._user_turn
+        if summaries is None or user_turn is None:
+            return
+        message_tokens = user_turn.tokens + PER_MESSAGE
+        if summaries.needed(history, self._persona_tokens, message_tokens):
+            summaries.schedule(
+                FoldTask(self.place, self._persona_tokens, message_tokens, self.s.bot_name)
+            )
+
     def _usage(self, stream: ChatStream, extra_prompt: int = 0) -> TokenUsage:
         """Reported usage if the provider sent it (and learn from it), else our estimate.
 
@@ -228,11 +280,11 @@ class Reply:
         reported = stream.usage
         if reported is not None and reported.prompt_tokens > 0:
             if not extra_prompt:
-                self.s.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
+                self.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens + extra_prompt),
-            self.s.counter.count(stream.text),
+            self.counter.calibrated(self.context.prompt_tokens + extra_prompt),
+            self.counter.count(stream.text),
             estimated=True,
         )
 
@@ -242,19 +294,22 @@ class Reply:
         assert self.s.tools is not None
         return self.s.tools.config
 
-    async def _offered_tools(self) -> list[ToolInfo]:
-        if self.s.tools is None:
+    async def _available_tools(self) -> list[ToolInfo]:
+        """The tools of this place, if a model that may answer here (fallbacks included)
+        can use them; each model then gets them only with its own `tools` flag."""
+        s = self.s
+        if s.tools is None or not any(m.tools for m in s.models.chain(self.spec)):
             return []
-        return await self.s.tools.for_reply(self.place, await self.s.model_offers_tools(self.place))
+        return await s.tools.for_reply(self.place, True)
 
     def _tool_reserve(self, tools: list[ToolInfo]) -> int:
         """Context tokens history leaves for the tools: their descriptions, and room for
         results (up to a quarter of the window)."""
         if not tools:
             return 0
-        window = self.s.llm_config.context_tokens
+        window = self.spec.context_tokens
         results = min(self._tool_config().max_result_chars // CHARS_PER_TOKEN, window // 4)
-        return self.s.counter.count(json.dumps([t.spec() for t in tools])) + results
+        return self.counter.count(json.dumps([t.spec() for t in tools])) + results
 
     def _tool_run(self, tools: list[ToolInfo]) -> ToolRun:
         s, context = self.s, self.context
@@ -263,23 +318,24 @@ class Reply:
         async def open_next(
             messages: list[dict[str, object]], specs: list[dict[str, object]], choice: str | None
         ) -> ChatStream:
-            stream = s.llm.stream(messages, tools=specs, tool_choice=choice)
+            stream = s.models.client(spec).stream(messages, tools=specs, tool_choice=choice)
             return await self._stack.enter_async_context(stream)
 
         def show(steps: list[ToolStep]) -> None:
             if self.on_tool_steps is not None:
                 self.on_tool_steps(steps)
 
-        left = s.llm_config.context_tokens - s.llm_config.max_tokens - context.prompt_tokens
+        spec, counter = self.spec, self.counter  # the model answering (after any fallback)
+        left = spec.context_tokens - spec.max_tokens - context.prompt_tokens
         return ToolRun(
             manager=s.tools.manager,
             tools=tools,
             config=s.tools.config,
             messages=context.messages,
             open_stream=open_next,
-            counter=s.counter,
+            counter=counter,
             context_left=left,
-            spec_tokens=s.counter.count(json.dumps([t.spec() for t in tools])),
+            spec_tokens=counter.count(json.dumps([t.spec() for t in tools])),
             on_steps=show,
         )
 
@@ -301,8 +357,8 @@ class Reply:
             user_id=self.speaker.id,
             channel_id=self.place.channel_id,
             guild_id=self.place.guild_id,
-            model=(self._stream.model if self._stream and self._stream.model else None)
-            or self.s.llm_config.model,
+            # The configured name: usage and prices are kept per model people can choose.
+            model=self.spec.name,
             usage=usage,
         )
 
@@ -328,17 +384,17 @@ class Reply:
         if stream is None or self.context is None:
             return
         usage = TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
+            self.counter.calibrated(self.context.prompt_tokens),
+            self.counter.count(stream.text),
             estimated=True,
         )
         if self._tools and self._tools.streams:  # every model call of the tool loop
             usage = TokenUsage(
                 sum(
-                    self.s.counter.calibrated(self.context.prompt_tokens + extra)
+                    self.counter.calibrated(self.context.prompt_tokens + extra)
                     for extra in self._tools.extra_prompt
                 ),
-                self.s.counter.count(self._tools.text),
+                self.counter.count(self._tools.text),
                 estimated=True,
             )
         with contextlib.suppress(BotError):

@@ -226,6 +226,7 @@ def secrets_from_config(config: Config) -> list[str]:
     values = [config.discord.token, config.llm.api_key, *redis_url_secrets(config.redis.url)]
     for server in config.mcp.servers:  # tool servers' environment and headers: API keys
         values += [*server.env.values(), *server.headers.values(), *url_secrets(server.url)]
+    values += [provider.api_key for provider in config.providers.values()]
     return [v for v in values if v]
 
 
