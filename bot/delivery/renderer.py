@@ -191,7 +191,7 @@ class ReplyRenderer:
         self._length += (len(header) + 1 if header else 0) - old
         # The text no longer extends the previous one: plan the split afresh.
         self._splitter = IncrementalSplitter(self.limit)
-        self._desired_key = (-1, False)
+        self._desired_key = (-1, *self._desired_key[1:])  # re-plan whatever the key holds
         now = self._clock()
         if self._since_snapshot is None:
             self._since_snapshot = now
