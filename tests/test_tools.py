@@ -247,6 +247,9 @@ async def test_malformed_arguments_and_unknown_tool_become_error_results(
         ("error", "unknown tool"),
         ("error", "malformed arguments"),
     ]
+    metrics = services.metrics.render().decode()
+    assert 'llmbot_tool_calls_total{outcome="error"} 3.0' in metrics
+    assert 'llmbot_tool_calls_total{outcome="ok"} 0.0' in metrics
 
 
 async def test_a_hanging_tool_times_out(services: Services, llm: LLMStandIn) -> None:

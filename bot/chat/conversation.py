@@ -336,6 +336,7 @@ class Reply:
             counter=counter,
             context_left=left,
             spec_tokens=counter.count(json.dumps([t.spec() for t in tools])),
+            metrics=s.metrics,
             on_steps=show,
         )
 

@@ -25,6 +25,7 @@ from bot.errors import ToolStepsExhausted
 from bot.llm.client import ChatStream
 from bot.llm.tokens import TokenCounter
 from bot.llm.toolcalls import ToolCall
+from bot.ops.metrics import Metrics
 from bot.tools.mcp import ToolInfo, ToolManager, ToolResult, cap
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class ToolRun:
         counter: TokenCounter,
         context_left: int,
         spec_tokens: int = 0,
+        metrics: Metrics | None = None,
         on_steps: Callable[[list[ToolStep]], None] | None = None,
     ) -> None:
         self.manager = manager
@@ -137,6 +139,7 @@ class ToolRun:
         # minus the history prompt); the specs and every round's messages use it up.
         self.context_left = context_left
         self.on_steps = on_steps
+        self.metrics = metrics
         self.streams: list[ChatStream] = []
         # Prompt tokens each request had beyond the history (estimates): the tool specs,
         # then the calls and results of earlier rounds.
@@ -205,6 +208,8 @@ class ToolRun:
                 log.error("tool call %s crashed", call.name, exc_info=result)
                 result = ToolResult("Error: the tool call failed.", ok=False, note="failed")
             step.state, step.note = ("ok" if result.ok else "error"), result.note
+            if self.metrics is not None:
+                self.metrics.tool_call(result.ok)
             part = call.as_message_part()
             try:
                 call.parsed_arguments()
