@@ -35,6 +35,8 @@ EXTENSIONS = (
     "cogs.usage",
     "cogs.memory",
     "cogs.model",
+    "cogs.thinking",
+    "cogs.tools",
     "cogs.reply_buttons",
 )
 

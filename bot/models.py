@@ -36,11 +36,15 @@ class Turn:
     author_id: int | None = None
     author_name: str | None = None
     message_id: int | None = None
+    # An answer that used tools: what the next turns should know of them (see bot.tools).
+    tool_note: str | None = None
     # An answer the person stopped (Stop button): `content` is what they saw, cut short.
     stopped: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)
+        if data["tool_note"] is None:
+            del data["tool_note"]
         if not self.stopped:
             del data["stopped"]  # the common case stays as compact as before
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -56,6 +60,7 @@ class Turn:
             author_id=data.get("author_id"),
             author_name=data.get("author_name"),
             message_id=data.get("message_id"),
+            tool_note=data.get("tool_note"),
             stopped=bool(data.get("stopped", False)),
         )
 

@@ -23,6 +23,7 @@ from bot.chat.conversation import Reply
 from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
+from bot.delivery.thinking import ThinkingStatus, thinking_button
 from bot.errors import (
     AnswerInProgress,
     BotError,
@@ -32,6 +33,7 @@ from bot.errors import (
     user_message,
 )
 from bot.models import Button, Speaker
+from bot.tools.loop import steps_header
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +231,14 @@ class Chat(commands.Cog):
         renderer.set_buttons(running.buttons_while_running())
         metrics = self.services.metrics
         started = time.monotonic()
+        thinking = ThinkingStatus(renderer.set_status)
         with metrics.stream():
             try:
                 async with open_reply() as reply:
+                    reply.on_thinking = thinking
+                    reply.on_tool_steps = lambda steps: renderer.set_header(steps_header(steps))
                     stopped = await controls.relay(running, reply, renderer.push)
+                running.extra = await self.thought_buttons(running.channel_id, thinking.text)
                 renderer.set_buttons(running.buttons_when_stored())
                 if stopped:
                     await renderer.fail(STOPPED)
@@ -252,6 +258,7 @@ class Chat(commands.Cog):
                 if press and not renderer.text:
                     await renderer.finish()  # nothing new shown: the old messages stay
                     raise
+                running.extra = await self.thought_buttons(running.channel_id, thinking.text)
                 renderer.set_buttons(running.buttons_when_failed(exc))
                 await renderer.fail(f"⚠️ {user_message(exc)}")
             finally:
@@ -286,6 +293,17 @@ class Chat(commands.Cog):
         if previous is not None:
             old = last.channel.get_partial_message(previous.message_id)  # type: ignore[union-attr]
             await self.take_buttons(old, later=True)
+
+    async def thought_buttons(self, channel_id: int, text: str) -> tuple[Button, ...]:
+        """Keep the model's thoughts for a day; the "Show thinking" button for the reply
+        (none without thoughts, with `show_thinking = "off"` or when Redis is down)."""
+        if self.config.show_thinking != "button" or not text.strip():
+            return ()
+        try:
+            key = await self.services.thoughts.keep(channel_id, text)
+        except MemoryUnavailable:
+            return ()  # the answer matters more than the button
+        return () if key is None else (thinking_button(channel_id, key),)
 
 
 async def setup(bot: ChatBot) -> None:

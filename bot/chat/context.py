@@ -41,9 +41,10 @@ def speaker_line(name: str | None, text: str) -> str:
 def as_message(turn: Turn) -> dict[str, Any]:
     if turn.role == "user":
         return {"role": "user", "content": speaker_line(turn.author_name, turn.content)}
-    if turn.stopped:
-        return {"role": turn.role, "content": turn.content + STOPPED_NOTE}
-    return {"role": turn.role, "content": turn.content}
+    content = turn.content + STOPPED_NOTE if turn.stopped else turn.content
+    if turn.tool_note:
+        return {"role": turn.role, "content": f"{turn.tool_note}\n\n{content}"}
+    return {"role": turn.role, "content": content}
 
 
 def system_with_summary(system_prompt: str, summary: str) -> str:

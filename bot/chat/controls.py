@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from bot.chat.conversation import Reply
-from bot.errors import AnswerInProgress, LLMError, MemoryUnavailable
+from bot.errors import AnswerInProgress, LLMError, MemoryUnavailable, StoppedBeforeAnswer
 from bot.models import Button
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ def may_press(presser_id: int, asker_id: int, *, in_guild: bool, manage_messages
 
 def retryable(exc: BaseException) -> bool:
     """Failures worth asking again: the model or memory failed, or the bot restarted."""
-    return isinstance(exc, LLMError | MemoryUnavailable | asyncio.CancelledError)
+    return isinstance(
+        exc, LLMError | MemoryUnavailable | StoppedBeforeAnswer | asyncio.CancelledError
+    )
 
 
 @dataclass(eq=False)
