@@ -265,21 +265,29 @@ class Chat(commands.Cog):
                 controls.end(running)
 
     async def take_buttons(
-        self, message: discord.Message | discord.PartialMessage, *, later: bool = False
+        self,
+        message: discord.Message | discord.PartialMessage,
+        *,
+        keep: tuple[Button, ...] = (),
+        later: bool = False,
     ) -> None:
-        """Remove the buttons under one of the bot's messages (one edit, in the budget).
+        """Leave only `keep` under one of the bot's messages (one edit, in the budget).
         `later`: after the streams' edits when requests queue (it is only tidying up)."""
         budget = self.bot.budget
         priority = budget.clock() + TIDY_DELAY_S if later else None
         await budget.acquire(bucket_key("edit", message.channel.id), priority)
+        view = button_view(keep)
         try:
-            await message.edit(view=None, allowed_mentions=NO_PINGS)
+            await message.edit(view=view, allowed_mentions=NO_PINGS)
         except discord.NotFound:
             pass  # deleted: no button left to take away
         except discord.HTTPException as exc:
             log.warning(
                 "could not remove old buttons in %s: HTTP %s", message.channel.id, exc.status
             )
+        finally:
+            if view is not None:
+                view.stop()
 
     async def retire_previous(self, running: RunningReply, renderer: ReplyRenderer) -> None:
         """The channel's previous answer is no longer the latest: its Regenerate goes
@@ -288,11 +296,11 @@ class Chat(commands.Cog):
         if not isinstance(last, discord.Message):
             return
         previous = self.services.controls.swap_latest(
-            running.channel_id, running.question_id, last.id
+            running.channel_id, running.question_id, last.id, running.extra
         )
         if previous is not None:
             old = last.channel.get_partial_message(previous.message_id)  # type: ignore[union-attr]
-            await self.take_buttons(old, later=True)
+            await self.take_buttons(old, keep=previous.buttons_left, later=True)
 
     async def thought_buttons(self, channel_id: int, text: str) -> tuple[Button, ...]:
         """Keep the model's thoughts for a day; the "Show thinking" button for the reply

@@ -14,7 +14,7 @@ from typing import Any, cast
 import discord
 from discord.ext import commands
 
-from bot.chat.controls import CUSTOM_ID, Action, RunningReply, custom_id, may_press
+from bot.chat.controls import CUSTOM_ID, Action, RunningReply, Style, custom_id, may_press
 from bot.client import ChatBot, bucket_key, place_of, send_ephemeral
 from bot.errors import (
     AnswerFinished,
@@ -31,6 +31,7 @@ from cogs.chat import NO_PINGS, Chat, DiscordSink, button_view, readable_text
 log = logging.getLogger(__name__)
 
 RESTARTING = "The bot is restarting. Try again in a moment."
+STYLES = ("primary", "secondary", "success", "danger")
 # A reply longer than this many messages is not looked for further.
 MAX_PARTS = 20
 
@@ -67,6 +68,20 @@ class ReuseSink(DiscordSink):
     def leftovers(self) -> list[discord.Message]:
         """Old parts the new answer did not need (none if it showed nothing)."""
         return list(self.old) if self.reused else []
+
+
+def other_buttons(message: discord.Message) -> tuple[Button, ...]:
+    """The buttons under `message` that are not ours (e.g. Show thinking)."""
+    found: list[Button] = []
+    for item in discord.ui.View.from_message(message, timeout=None).children:
+        if not isinstance(item, discord.ui.Button) or item.custom_id is None:
+            continue
+        if CUSTOM_ID.fullmatch(item.custom_id) or item.style.name not in STYLES:
+            continue
+        style = cast(Style, item.style.name)
+        emoji = str(item.emoji) if item.emoji else None
+        found.append(Button(item.custom_id, item.label or "", emoji, style))
+    return tuple(found)
 
 
 class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID):
@@ -200,7 +215,9 @@ class ReplyButtons(commands.Cog):
             if isinstance(exc, NotLatestAnswer) and interaction.message is not None:
                 chat = self.bot.get_cog(Chat.__cog_name__)
                 if isinstance(chat, Chat):
-                    await chat.take_buttons(interaction.message)  # a stale Regenerate
+                    # A stale Regenerate: take it away, keep other features' buttons.
+                    message = interaction.message
+                    await chat.take_buttons(message, keep=other_buttons(message))
         finally:
             self.controls.end(running)
 

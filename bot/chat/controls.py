@@ -56,6 +56,16 @@ def button(action: Action, question_id: int, asker_id: int) -> Button:
 
 
 Style = Literal["primary", "secondary", "success", "danger"]
+# A button as plain data (kept per channel or reply: no objects of ours pile up).
+Plain = tuple[str, str, str | None, str]
+
+
+def plain(buttons: tuple[Button, ...]) -> tuple[Plain, ...]:
+    return tuple((b.custom_id, b.label, b.emoji, b.style) for b in buttons)
+
+
+def unplain(buttons: tuple[Plain, ...]) -> tuple[Button, ...]:
+    return tuple(Button(c, label, emoji, cast(Style, style)) for c, label, emoji, style in buttons)
 
 
 def may_press(presser_id: int, asker_id: int, *, in_guild: bool, manage_messages: bool) -> bool:
@@ -106,10 +116,16 @@ class RunningReply:
 
 @dataclass(frozen=True, slots=True)
 class Latest:
-    """The last message of a channel's latest stored answer (ids only: cheap to keep)."""
+    """The last message of a channel's latest stored answer (ids only: cheap to keep),
+    and the other features' buttons it keeps when its Regenerate goes."""
 
     question_id: int
     message_id: int
+    keep: tuple[Plain, ...] = ()
+
+    @property
+    def buttons_left(self) -> tuple[Button, ...]:
+        return unplain(self.keep)
 
 
 class ReplyControls:
@@ -120,7 +136,7 @@ class ReplyControls:
         self._channels: dict[int, int] = {}  # channel id -> number of running replies
         self._latest: OrderedDict[int, Latest] = OrderedDict()
         # Recently ended replies' final buttons (as plain tuples), by question id.
-        self._ended: OrderedDict[int, tuple[tuple[str, str, str | None, str], ...]] = OrderedDict()
+        self._ended: OrderedDict[int, tuple[Plain, ...]] = OrderedDict()
 
     def begin(
         self, channel_id: int, question_id: int, asker_id: int, *, regenerating: bool = False
@@ -137,9 +153,7 @@ class ReplyControls:
         if self._running.get(running.question_id) is not running:
             return
         del self._running[running.question_id]
-        self._ended[running.question_id] = tuple(
-            (b.custom_id, b.label, b.emoji, b.style) for b in running.final
-        )
+        self._ended[running.question_id] = plain(running.final)
         while len(self._ended) > MAX_ENDED:
             self._ended.popitem(last=False)
         left = self._channels[running.channel_id] - 1
@@ -158,11 +172,7 @@ class ReplyControls:
     def ended_with(self, question_id: int) -> tuple[Button, ...] | None:
         """The buttons a reply of this process ended with; None if unknown (restart)."""
         ended = self._ended.get(question_id)
-        if ended is None:
-            return None
-        return tuple(
-            Button(c, label, emoji, cast(Style, style)) for c, label, emoji, style in ended
-        )
+        return None if ended is None else unplain(ended)
 
     def stop(self, question_id: int) -> bool:
         """Ask the reply to `question_id` to stop. True if it is cut now (or already
@@ -215,11 +225,13 @@ class ReplyControls:
         await reply.stop_here()
         return True
 
-    def swap_latest(self, channel_id: int, question_id: int, message_id: int) -> Latest | None:
+    def swap_latest(
+        self, channel_id: int, question_id: int, message_id: int, keep: tuple[Button, ...] = ()
+    ) -> Latest | None:
         """Remember the channel's newest stored answer; returns the previous one if it
-        was another answer (its Regenerate button is to go)."""
+        was another answer (its Regenerate button is to go, `keep` to stay)."""
         previous = self._latest.pop(channel_id, None)
-        self._latest[channel_id] = Latest(question_id, message_id)
+        self._latest[channel_id] = Latest(question_id, message_id, plain(keep))
         while len(self._latest) > MAX_REMEMBERED:
             self._latest.popitem(last=False)
         if previous is None or previous.question_id == question_id:
