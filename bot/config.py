@@ -106,6 +106,8 @@ class LLMConfig:
     max_retries: int = field(default=2, metadata=_between(0, 10))
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # The model reads images (OpenAI `image_url` content parts); read it through `sees_images`.
+    vision: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens >= self.context_tokens:
@@ -135,6 +137,29 @@ class HistoryConfig:
     max_turns: int = field(default=100, metadata=_between(2, 100_000))
     # Days a quiet channel's history is kept; 0 keeps it forever.
     retention_days: int = field(default=30, metadata=_between(0, 36_500))
+    # Images of the most recent turns sent to a vision model; older ones become "[image: name]".
+    max_images: int = field(default=4, metadata=_between(0, 100))
+
+
+@dataclass(frozen=True)
+class AttachmentsConfig:
+    # Largest file downloaded (bytes); bigger ones get a note and are skipped.
+    max_bytes: int = field(default=10_000_000, metadata=_between(1_000, 500_000_000))
+    # Images read from one message; the rest get a note.
+    max_images: int = field(default=4, metadata=_between(0, 20))
+    # Seconds one download may take.
+    timeout_s: float = field(default=15.0, metadata=_positive())
+    # Images are downscaled to this longest side (pixels) and re-encoded before sending.
+    max_side: int = field(default=1568, metadata=_between(64, 8192))
+    # Characters read from one text or code file; the rest is cut with a visible note.
+    max_text_chars: int = field(default=100_000, metadata=_between(100, 10_000_000))
+    # Prompt tokens one image is assumed to cost in the context budget.
+    image_tokens: int = field(default=800, metadata=_between(1, 100_000))
+
+
+def sees_images(llm: LLMConfig) -> bool:
+    """Whether the model reads images: the one place to ask (per model once there are several)."""
+    return llm.vision
 
 
 @dataclass(frozen=True)
@@ -197,6 +222,7 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
 
 
 # --- loading ----------------------------------------------------------------------------

@@ -160,7 +160,9 @@ class Throttled(BotError):
 
 
 class EmptyMessage(BotError):
-    user_text = "I can only read text for now: your message had none."
+    user_text = (
+        "I found nothing to read in your message: no text, and no file or image I could use."
+    )
 
 
 class PermissionDenied(BotError):

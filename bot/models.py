@@ -26,6 +26,17 @@ class Speaker:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageRef:
+    """An image a user turn carries; its bytes live in Redis next to the history."""
+
+    id: str
+    name: str
+    mime: str
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """One stored message of a conversation."""
 
@@ -36,9 +47,14 @@ class Turn:
     author_id: int | None = None
     author_name: str | None = None
     message_id: int | None = None
+    # Images attached to a user turn (refs only: the bytes are stored separately).
+    images: tuple[ImageRef, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        data = asdict(self)
+        if not self.images:
+            del data["images"]  # text-only turns are stored exactly as before
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Turn:
@@ -51,6 +67,7 @@ class Turn:
             author_id=data.get("author_id"),
             author_name=data.get("author_name"),
             message_id=data.get("message_id"),
+            images=tuple(ImageRef(**i) for i in data.get("images") or ()),
         )
 
 

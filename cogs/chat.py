@@ -16,6 +16,7 @@ import time
 import discord
 from discord.ext import commands
 
+from bot.chat.attachments import Prepared, Source, quote_block, url_fetch
 from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
@@ -94,7 +95,8 @@ class Chat(commands.Cog):
             role_ids=frozenset(r.id for r in roles),
             mentions_bot=any(u.id == me.id for u in message.mentions),
             replies_to_bot=isinstance(ref, discord.Message) and ref.author.id == me.id,
-            has_text=has_visible_text(text),
+            # An attachment alone is something to read (an image, a file).
+            has_text=has_visible_text(text) or bool(message.attachments),
         )
 
     @commands.Cog.listener()
@@ -130,6 +132,37 @@ class Chat(commands.Cog):
         except discord.HTTPException as exc:
             log.warning("could not send a notice in %s: %s", message.channel.id, exc)
 
+    def sources(self, message: discord.Message) -> list[Source]:
+        """A message's files, fetched through the bot's one HTTP session when read."""
+        session = self.services.session
+        return [
+            Source(a.filename, url_fetch(session, a.url), a.size, a.content_type)
+            for a in message.attachments
+        ]
+
+    async def quoted(self, message: discord.Message) -> tuple[str, list[Source]]:
+        """The message this one replies to (not the bot's, not already in the history)."""
+        ref = message.reference
+        resolved = ref.resolved if ref else None
+        me = self.bot.user
+        if not isinstance(resolved, discord.Message) or me is None or resolved.author.id == me.id:
+            return "", []
+        if await self.services.conversations.in_history(message.channel.id, resolved.id):
+            return "", []
+        text = readable_text(resolved, me.id)
+        return quote_block(resolved.author.display_name, text), self.sources(resolved)
+
+    async def read_files(self, message: discord.Message, text: str) -> tuple[str, Prepared | None]:
+        """The quoted message and the attachments: text to prepend, files read."""
+        quote, sources = await self.quoted(message)
+        if quote:
+            text = f"{quote}\n\n{text}" if text else quote
+        sources += self.sources(message)
+        if not sources:
+            return text, None
+        place = place_of(message.channel)
+        return text, await self.services.conversations.read_attachments(place, sources)
+
     async def answer(self, message: discord.Message, text: str) -> None:
         speaker = Speaker(message.author.id, message.author.display_name)
         place = place_of(message.channel)
@@ -141,7 +174,14 @@ class Chat(commands.Cog):
         with metrics.stream():
             try:
                 conversation = self.services.conversations
-                async with conversation.reply(place, speaker, text, message_id=message.id) as reply:
+                text, files = await self.read_files(message, text)
+                if files is not None and files.empty and not has_visible_text(text):
+                    notes = [EmptyMessage.user_text, *(f"-# {n}" for n in files.notes)]
+                    await self.notice(message, "\n".join(notes))
+                    return
+                async with conversation.reply(
+                    place, speaker, text, message_id=message.id, attachments=files
+                ) as reply:
                     async for delta in reply:
                         renderer.push(delta)
                 await renderer.finish()

@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from bot.chat.attachments import Prepared, Source, prepare
 from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.personas import render, resolve
 from bot.chat.usage import UsageService
-from bot.config import LLMConfig
+from bot.config import AttachmentsConfig, LLMConfig, sees_images
 from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.tokens import TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
-from bot.models import Place, Speaker, TokenUsage, Turn
+from bot.models import ImageRef, Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,12 @@ class ConversationService:
         llm_config: LLMConfig,
         default_persona: str,
         metrics: Metrics | None = None,
+        attachments: AttachmentsConfig | None = None,
+        max_images: int = 4,
     ) -> None:
+        self.attachments = attachments or AttachmentsConfig()
+        # Images of the most recent turns sent to a vision model (history.max_images).
+        self.max_images = max_images
         self.store = store
         self.llm = llm
         self.counter = counter
@@ -69,10 +76,32 @@ class ConversationService:
         self.bot_name = "Assistant"
 
     def reply(
-        self, place: Place, speaker: Speaker, text: str, *, message_id: int | None = None
+        self,
+        place: Place,
+        speaker: Speaker,
+        text: str,
+        *,
+        message_id: int | None = None,
+        attachments: Prepared | None = None,
     ) -> Reply:
-        """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`."""
-        return Reply(self, place, speaker, text, message_id)
+        """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`.
+
+        `attachments`: what `read_attachments` made of the message's files."""
+        reply = Reply(self, place, speaker, text, message_id)
+        reply.attachments = attachments
+        return reply
+
+    def sees_images(self, place: Place) -> bool:
+        """Whether the model answering in `place` reads images (asked before downloading)."""
+        return sees_images(self.llm_config)
+
+    async def read_attachments(self, place: Place, sources: list[Source]) -> Prepared:
+        """Download and read a message's files; done before the channel is held."""
+        return await prepare(sources, self.attachments, vision=self.sees_images(place))
+
+    async def in_history(self, channel_id: int, message_id: int) -> bool:
+        """Whether a user message is already part of the channel's stored conversation."""
+        return any(t.message_id == message_id for t in await self.store.history(channel_id))
 
     async def reset(self, channel_id: int) -> int:
         return await self.store.reset(channel_id)
@@ -102,6 +131,9 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        self.attachments: Prepared | None = None
+        # Base64 bytes of the images this turn brings (stored with it on commit).
+        self._new_images: dict[str, str] = {}
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -112,15 +144,18 @@ class Reply:
             s.usage.check_quota(loaded.user_tokens_today)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
+            content, refs = self._content_and_images()
             self._user_turn = Turn(
                 role="user",
-                content=self.text,
-                tokens=s.counter.count(speaker_line(self.speaker.name, self.text)),
+                content=content,
+                tokens=s.counter.count(speaker_line(self.speaker.name, content)),
                 at=time.time(),
                 author_id=self.speaker.id,
                 author_name=self.speaker.name,
                 message_id=self.message_id,
+                images=refs,
             )
+            images = await self._images_to_send(loaded.history)
             self.context = build_context(
                 system,
                 loaded.history,
@@ -128,6 +163,8 @@ class Reply:
                 context_tokens=s.llm_config.context_tokens,
                 reply_tokens=s.llm_config.max_tokens,
                 counter=s.counter,
+                images=images,
+                image_tokens=s.attachments.image_tokens,
             )
             if s.metrics:
                 s.metrics.reply_started()
@@ -140,6 +177,36 @@ class Reply:
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def _content_and_images(self) -> tuple[str, tuple[ImageRef, ...]]:
+        """The stored text of the user turn (file blocks appended) and its image refs."""
+        prepared = self.attachments
+        if prepared is None:
+            return self.text, ()
+        content = "\n\n".join(p for p in (self.text, prepared.text) if p)
+        refs = []
+        for image in prepared.images:
+            ref = ImageRef(secrets.token_hex(8), image.name, image.mime, image.width, image.height)
+            self._new_images[ref.id] = image.b64()
+            refs.append(ref)
+        return content, tuple(refs)
+
+    async def _images_to_send(self, history: list[Turn]) -> dict[str, str]:
+        """The newest `max_images` images (this turn's first), loaded from Redis if stored."""
+        s = self.s
+        if not s.sees_images(self.place) or s.max_images == 0:
+            return {}
+        assert self._user_turn is not None
+        wanted: list[str] = []
+        for turn in [self._user_turn, *reversed(history)]:
+            for ref in turn.images:
+                if len(wanted) < s.max_images:
+                    wanted.append(ref.id)
+        found = {i: self._new_images[i] for i in wanted if i in self._new_images}
+        stored = [i for i in wanted if i not in found]
+        if stored:
+            found.update(await s.store.images(self.place.channel_id, stored))
+        return found
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -169,9 +236,13 @@ class Reply:
             at=time.time(),
         )
         length = await s.store.commit(
-            self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
+            self.place,
+            [self._user_turn, reply_turn],
+            self._usage_record(usage),
+            self._lock,
+            images=self._new_images,
         )
-        notes = []
+        notes = list(self.attachments.notes) if self.attachments else []
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
         finish = stream.finish_reason or "stop"

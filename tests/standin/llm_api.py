@@ -116,6 +116,24 @@ def count_prompt_tokens(messages: Any) -> int:
     return total
 
 
+def image_urls(body: dict[str, Any]) -> list[list[str]]:
+    """The `image_url` URLs of each user message of a request (an empty list for none)."""
+    found = []
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict) or msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        parts = content if isinstance(content, list) else []
+        found.append(
+            [
+                str(p["image_url"]["url"])
+                for p in parts
+                if isinstance(p, dict) and p.get("type") == "image_url"
+            ]
+        )
+    return found
+
+
 def lorem(n: int) -> str:
     """Deterministic filler text of exactly `n` word tokens."""
     return " ".join(_WORDS[i % len(_WORDS)] for i in range(n))
