@@ -291,7 +291,7 @@ class LLMStandIn:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     async def start(self) -> LLMStandIn:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # image parts are large
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
