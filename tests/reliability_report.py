@@ -180,7 +180,7 @@ CASES: list[Case] = [
     Case(
         "Input",
         "Empty, whitespace-only and attachment-only messages",
-        "A short 'nothing to read' note (and why an attachment was not read); no model call, nothing stored.",
+        "A short 'nothing to read' note; no model call, nothing stored.",
         "test_input_without_text",
     ),
     Case(

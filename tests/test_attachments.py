@@ -81,7 +81,7 @@ def test_animated_gif_gives_its_first_frame() -> None:
     out = io.BytesIO()
     frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     img = decode(process_image(out.getvalue(), "anim.gif", 256).data).convert("RGB")
-    r, g, b = img.getpixel((25, 25))  # type: ignore[misc]
+    r, _g, b = img.getpixel((25, 25))  # type: ignore[misc]
     assert r > 200 and b < 50
 
 
@@ -223,3 +223,34 @@ def test_fence_never_closes_inside_the_text(text: str) -> None:
     inner = body[: -len(marks) - 1]
     assert marks not in inner
     assert inner == text.rstrip()
+
+
+def test_context_counts_each_sent_image_and_uses_placeholders_for_the_rest() -> None:
+    from bot.chat.context import build_context
+    from bot.llm.tokens import TokenCounter
+    from bot.models import ImageRef, Turn
+
+    counter = TokenCounter()
+
+    def user(text: str, *refs: ImageRef) -> Turn:
+        return Turn("user", text, counter.count("bob: " + text), 0.0, 1, "bob", images=refs)
+
+    a, b = ImageRef("a", "a.png", "image/png"), ImageRef("b", "b.png", "image/jpeg")
+    history = [user("old", a), Turn("assistant", "ok", 1, 0.0)]
+    new = user("new", b)
+    data = {"a": "QUFB", "b": "QkJC"}
+    kw: dict[str, object] = {"context_tokens": 3000, "reply_tokens": 500, "counter": counter}
+    both = build_context("S", history, new, images=data, image_tokens=500, **kw)  # type: ignore[arg-type]
+    assert both.history_used == 2
+    assert [p["type"] for p in both.messages[-1]["content"]] == ["text", "image_url"]
+    assert both.messages[-1]["content"][1]["image_url"]["url"] == "data:image/jpeg;base64,QkJC"
+    assert counter.count_messages(both.messages) + 1000 == both.prompt_tokens
+    # Only the newest image is sent: the older one is a placeholder and costs no image.
+    one = build_context("S", history, new, images={"b": "QkJC"}, image_tokens=500, **kw)  # type: ignore[arg-type]
+    assert one.messages[1] == {"role": "user", "content": "bob: old\n[image: a.png]"}
+    assert counter.count_messages(one.messages) + 500 == one.prompt_tokens
+    # An older image that does not fit the budget becomes a placeholder; the new one stays.
+    tight = build_context("S", history, new, images=data, image_tokens=1500, **kw)  # type: ignore[arg-type]
+    assert tight.history_used == 2
+    assert tight.messages[1] == {"role": "user", "content": "bob: old\n[image: a.png]"}
+    assert counter.count_messages(tight.messages) + 1500 == tight.prompt_tokens

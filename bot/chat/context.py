@@ -103,6 +103,9 @@ def build_context(
         raw = (
             _message_cost(msg, counter, image_tokens) if turn.images else turn.tokens + PER_MESSAGE
         )
+        if counter.calibrated(raw) > budget and image_count(msg):
+            msg = as_message(turn)  # its images do not fit: placeholders instead
+            raw = _message_cost(msg, counter, image_tokens)
         cost = counter.calibrated(raw)
         if cost > budget:
             break
