@@ -14,6 +14,7 @@ import sys
 import zlib
 from typing import TextIO
 
+from bot.chat.attachments import Source, file_source
 from bot.errors import BotError, user_message
 from bot.models import Place, Speaker
 from bot.services import Services
@@ -25,6 +26,7 @@ HELP = """Commands:
   /persona clear           back to the default
   /reset                   forget this channel's conversation (the persona stays)
   /usage                   your token use: today, 7 and 30 days
+  /attach PATH             attach a local file or image to your next message
   /quit                    leave (Ctrl-D works too)"""
 
 # Console channels get ids far from Discord's snowflakes so they never collide.
@@ -49,6 +51,8 @@ class Console:
         name = user or getpass.getuser() or "you"
         self.speaker = Speaker(id=os.getuid() if hasattr(os, "getuid") else 0, name=name)
         self.out = out or sys.stdout
+        # Files `/attach` added; they go with the next message.
+        self.attached: list[Source] = []
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
@@ -79,7 +83,11 @@ class Console:
     async def chat(self, text: str) -> None:
         self.say("bot> ", end="")
         conv = self.services.conversations
-        async with conv.reply(self.place, self.speaker, text) as reply:
+        files = None
+        if self.attached:
+            sources, self.attached = self.attached, []
+            files = await conv.read_attachments(self.place, sources)
+        async with conv.reply(self.place, self.speaker, text, attachments=files) as reply:
             async for delta in reply:
                 self.say(delta, end="")
         self.say()
@@ -93,6 +101,18 @@ class Console:
         ident = self.place.channel_id
         if cmd == "/help":
             self.say(HELP)
+        elif cmd == "/attach":
+            path = rest.strip()
+            if not path:
+                names = ", ".join(s.name for s in self.attached) or "nothing"
+                self.say(f"Attached to your next message: {names}. Usage: /attach PATH")
+                return
+            try:
+                self.attached.append(file_source(path))
+            except OSError as exc:
+                self.say(f"Cannot attach {path}: {exc.strerror or exc}")
+                return
+            self.say(f"Attached {self.attached[-1].name}; it goes with your next message.")
         elif cmd == "/reset":
             removed = await self.services.conversations.reset(ident)
             self.say(f"Forgot {removed} messages. The persona stays.")
