@@ -319,9 +319,11 @@ async def prepare(
             if not vision:
                 no_vision = True
                 continue
-            if not item.as_image and len(result.images) >= config.max_images:
-                extra_images += 1
-                continue
+            if not item.as_image:  # an image by its bytes only: it counts now
+                if images_planned >= config.max_images:
+                    extra_images += 1
+                    continue
+                images_planned += 1
             try:
                 image = await asyncio.to_thread(process_image, data, name, config.max_side)
             except _Unreadable as exc:
