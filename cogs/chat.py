@@ -95,8 +95,10 @@ class Chat(commands.Cog):
             role_ids=frozenset(r.id for r in roles),
             mentions_bot=any(u.id == me.id for u in message.mentions),
             replies_to_bot=isinstance(ref, discord.Message) and ref.author.id == me.id,
-            # An attachment alone is something to read (an image, a file).
-            has_text=has_visible_text(text) or bool(message.attachments),
+            # An attachment alone is something to read, and so is a message replied to.
+            has_text=has_visible_text(text)
+            or bool(message.attachments)
+            or (isinstance(ref, discord.Message) and ref.author.id != me.id),
         )
 
     @commands.Cog.listener()
@@ -175,8 +177,11 @@ class Chat(commands.Cog):
             try:
                 conversation = self.services.conversations
                 text, files = await self.read_files(message, text)
-                if files is not None and files.empty and not has_visible_text(text):
-                    notes = [EmptyMessage.user_text, *(f"-# {n}" for n in files.notes)]
+                if not has_visible_text(text) and (files is None or files.empty):
+                    notes = [
+                        EmptyMessage.user_text,
+                        *(f"-# {n}" for n in (files.notes if files else [])),
+                    ]
                     await self.notice(message, "\n".join(notes))
                     return
                 async with conversation.reply(

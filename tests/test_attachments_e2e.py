@@ -218,11 +218,19 @@ async def test_reply_to_someone_elses_message_with_an_image(h: BotHarness) -> No
     )
     (urls,) = last_images(h)
     assert [decoded(u).size for u in urls] == [(40, 20)]
+    # A bare mention in a reply asks about the message replied to.
+    await h.ask("", reference=theirs.id)
+    assert last_user_text(h) == "alice: [replying to bob, who wrote:]\n> my new bike"
+    assert len(last_images(h)[-1]) == 1
     # A reply to a message already in the conversation does not quote it again.
     mine = await h.say("remember 42")
     await h.settle()
     await h.ask("what was it?", reference=mine.id)
     assert last_user_text(h) == "alice: what was it?"
+    before = len(h.llm.chat_requests)
+    parts = await h.ask("", reference=mine.id)  # nothing new to read
+    assert parts and parts[0].content.startswith("I found nothing to read")
+    assert len(h.llm.chat_requests) == before
 
 
 async def test_reset_removes_stored_images(h: BotHarness, redis_client: aioredis.Redis) -> None:
