@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +104,17 @@ class TokenUsage:
     @property
     def total(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """A button under a reply message, as data: the Discord glue turns it into a component.
+
+    Its `custom_id` carries everything a press needs (buttons outlive restarts), and a
+    cog registers the handler for its pattern.
+    """
+
+    custom_id: str
+    label: str
+    emoji: str | None = None
+    style: Literal["primary", "secondary", "success", "danger"] = "secondary"
