@@ -83,11 +83,8 @@ class Console:
     async def chat(self, text: str) -> None:
         self.say("bot> ", end="")
         conv = self.services.conversations
-        files = None
-        if self.attached:
-            sources, self.attached = self.attached, []
-            files = await conv.read_attachments(self.place, sources)
-        async with conv.reply(self.place, self.speaker, text, attachments=files) as reply:
+        files, self.attached = self.attached, []
+        async with conv.reply(self.place, self.speaker, text, files=files) as reply:
             async for delta in reply:
                 self.say(delta, end="")
         self.say()

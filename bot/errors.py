@@ -164,6 +164,11 @@ class EmptyMessage(BotError):
         "I found nothing to read in your message: no text, and no file or image I could use."
     )
 
+    def __init__(self, notes: list[str] | None = None) -> None:
+        super().__init__()
+        # Why its attachments could not be read, one short note each.
+        self.notes = list(notes or [])
+
 
 class PermissionDenied(BotError):
     def __init__(self, needed: str) -> None:

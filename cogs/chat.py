@@ -16,7 +16,7 @@ import time
 import discord
 from discord.ext import commands
 
-from bot.chat.attachments import Prepared, Source, quote_block, url_fetch
+from bot.chat.attachments import Quoted, Source, url_fetch
 from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
@@ -181,28 +181,15 @@ class Chat(commands.Cog):
             for a in message.attachments
         ]
 
-    async def quoted(self, message: discord.Message) -> tuple[str, list[Source]]:
-        """The message this one replies to (not the bot's, not already in the history)."""
+    def quoted(self, message: discord.Message) -> Quoted | None:
+        """The message this one replies to, unless it is the bot's own."""
         ref = message.reference
         resolved = ref.resolved if ref else None
         me = self.bot.user
         if not isinstance(resolved, discord.Message) or me is None or resolved.author.id == me.id:
-            return "", []
-        if await self.services.conversations.in_history(message.channel.id, resolved.id):
-            return "", []
+            return None
         text = readable_text(resolved, me.id)
-        return quote_block(resolved.author.display_name, text), self.sources(resolved)
-
-    async def read_files(self, message: discord.Message, text: str) -> tuple[str, Prepared | None]:
-        """The quoted message and the attachments: text to prepend, files read."""
-        quote, sources = await self.quoted(message)
-        if quote:
-            text = f"{quote}\n\n{text}" if text else quote
-        sources += self.sources(message)
-        if not sources:
-            return text, None
-        place = place_of(message.channel)
-        return text, await self.services.conversations.read_attachments(place, sources)
+        return Quoted(resolved.id, resolved.author.display_name, text, self.sources(resolved))
 
     async def answer(self, message: discord.Message, text: str) -> None:
         speaker = Speaker(message.author.id, message.author.display_name)
@@ -215,16 +202,13 @@ class Chat(commands.Cog):
         with metrics.stream():
             try:
                 conversation = self.services.conversations
-                text, files = await self.read_files(message, text)
-                if not has_visible_text(text) and (files is None or files.empty):
-                    notes = [
-                        EmptyMessage.user_text,
-                        *(f"-# {n}" for n in (files.notes if files else [])),
-                    ]
-                    await self.notice(message, "\n".join(notes))
-                    return
                 async with conversation.reply(
-                    place, speaker, text, message_id=message.id, attachments=files
+                    place,
+                    speaker,
+                    text,
+                    message_id=message.id,
+                    files=self.sources(message),
+                    quoted=self.quoted(message),
                 ) as reply:
                     async for delta in reply:
                         renderer.push(delta)
@@ -232,6 +216,10 @@ class Chat(commands.Cog):
                 metrics.observe_final_edit(time.monotonic() - started)
                 if reply.outcome and reply.outcome.notes:
                     await self.notice(message, "\n".join(f"-# {n}" for n in reply.outcome.notes))
+            except EmptyMessage as exc:  # e.g. only a file that could not be read
+                await self.notice(
+                    message, "\n".join([exc.user_text, *(f"-# {n}" for n in exc.notes)])
+                )
             except asyncio.CancelledError:
                 await renderer.fail(INTERRUPTED)
                 raise

@@ -273,3 +273,17 @@ async def test_a_model_without_vision(
         assert last_images(h) == [[]]
         assert await notes_for(h, message) == f"-# {NO_VISION_NOTE}"
         assert h.discord.attachment_downloads == []
+
+
+async def test_a_slow_download_keeps_the_channel_in_arrival_order(h: BotHarness) -> None:
+    h.discord.add_latency(0.6, r"/attachments/")
+    await h.say("first, with a file", attachments=[("a.txt", b"alpha")])
+    await h.say("second, right after")
+    await h.settle()
+    first, second = h.llm.chat_requests
+    assert first.body["messages"][-1]["content"].startswith("alice: first, with a file")
+    assert [m["content"] for m in second.body["messages"][1:]] == [
+        "alice: first, with a file\n\nFile `a.txt`:\n```\nalpha\n```",
+        "Echo: alice: first, with a file\n\nFile `a.txt`:\n```\nalpha\n```",
+        "alice: second, right after",
+    ]

@@ -95,6 +95,16 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class Quoted:
+    """The message someone replied to: quoted (with its files) unless already in the history."""
+
+    message_id: int
+    author: str
+    text: str
+    sources: list[Source] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedImage:
     name: str
     mime: str

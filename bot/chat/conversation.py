@@ -14,16 +14,17 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from bot.chat.attachments import Prepared, Source, prepare
+from bot.chat.attachments import Prepared, Quoted, Source, prepare, quote_block
 from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.personas import render, resolve
 from bot.chat.usage import UsageService
 from bot.config import AttachmentsConfig, LLMConfig, sees_images
-from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
+from bot.delivery.gate import has_visible_text
+from bot.errors import BotError, EmptyMessage, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.tokens import TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
@@ -82,13 +83,16 @@ class ConversationService:
         text: str,
         *,
         message_id: int | None = None,
-        attachments: Prepared | None = None,
+        files: Sequence[Source] = (),
+        quoted: Quoted | None = None,
     ) -> Reply:
         """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`.
 
-        `attachments`: what `read_attachments` made of the message's files."""
+        `files` are read once the channel is held (so replies keep arrival order), and
+        `quoted` is quoted unless its message is already in the history. A message left
+        with nothing to read raises `EmptyMessage` (with notes on its files)."""
         reply = Reply(self, place, speaker, text, message_id)
-        reply.attachments = attachments
+        reply.files, reply.quoted = list(files), quoted
         return reply
 
     def sees_images(self, place: Place) -> bool:
@@ -98,10 +102,6 @@ class ConversationService:
     async def read_attachments(self, place: Place, sources: list[Source]) -> Prepared:
         """Download and read a message's files; done before the channel is held."""
         return await prepare(sources, self.attachments, vision=self.sees_images(place))
-
-    async def in_history(self, channel_id: int, message_id: int) -> bool:
-        """Whether a user message is already part of the channel's stored conversation."""
-        return any(t.message_id == message_id for t in await self.store.history(channel_id))
 
     async def reset(self, channel_id: int) -> int:
         return await self.store.reset(channel_id)
@@ -131,6 +131,9 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        self.files: list[Source] = []
+        self.quoted: Quoted | None = None
+        # What the files (and the quoted message's) gave, once read.
         self.attachments: Prepared | None = None
         # Base64 bytes of the images this turn brings (stored with it on commit).
         self._new_images: dict[str, str] = {}
@@ -142,6 +145,7 @@ class Reply:
                 s.store.turn(self.place, self.speaker.id)
             )
             s.usage.check_quota(loaded.user_tokens_today)
+            await self._read_files(loaded.history)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
             content, refs = self._content_and_images()
@@ -177,6 +181,19 @@ class Reply:
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    async def _read_files(self, history: list[Turn]) -> None:
+        """Quote the message replied to (if new here) and read the attached files."""
+        sources = list(self.files)
+        q = self.quoted
+        if q is not None and not any(t.message_id == q.message_id for t in history):
+            quote = quote_block(q.author, q.text)
+            self.text = f"{quote}\n\n{self.text}" if self.text else quote
+            sources = [*q.sources, *sources]
+        if sources:
+            self.attachments = await self.s.read_attachments(self.place, sources)
+        if not has_visible_text(self.text) and (not self.attachments or self.attachments.empty):
+            raise EmptyMessage(self.attachments.notes if self.attachments else None)
 
     def _content_and_images(self) -> tuple[str, tuple[ImageRef, ...]]:
         """The stored text of the user turn (file blocks appended) and its image refs."""
