@@ -118,3 +118,27 @@ class Button:
     label: str
     emoji: str | None = None
     style: Literal["primary", "secondary", "success", "danger"] = "secondary"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A channel's running summary of the turns that left its stored history."""
+
+    text: str
+    tokens: int
+    # How many turns it covers in all, and when it was last extended.
+    turns: int = 0
+    at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Summary:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(
+            text=str(data["text"]),
+            tokens=int(data.get("tokens", 0)),
+            turns=int(data.get("turns", 0)),
+            at=float(data.get("at", 0.0)),
+        )

@@ -254,11 +254,30 @@ async def test_a_failed_reply_stores_no_image(h: BotHarness, redis_client: aiore
 async def test_trimmed_turns_take_their_images_with_them(
     redis_client: aioredis.Redis, redis_server: EmbeddedRedis
 ) -> None:
-    overrides = {**VISION, "history": {"max_turns": 2}}
+    overrides = {**VISION, "history": {"max_turns": 2, "summarize": False}}
     async with running_bot(redis_server.url, overrides=overrides) as h:
         await h.ask("one", attachments=[("a.png", png((10, 10)))])
         await h.ask("two", attachments=[("b.png", png((10, 10)))])
         assert await redis_client.hlen(images_key(h)) == 1
+        await h.ask("three")
+        assert await redis_client.exists(images_key(h)) == 0
+
+
+async def test_turns_folded_into_the_summary_take_their_images_with_them(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    overrides = {**VISION, "history": {"max_turns": 2, "summarize": True}}
+    async with running_bot(redis_server.url, overrides=overrides) as h:
+        assert h.services is not None and h.services.summaries is not None
+        await h.ask("one", attachments=[("a.png", png((10, 10)))])
+        await h.ask("two")
+        await h.services.summaries.wait_idle()
+        folding = [
+            r
+            for r in h.llm.summary_requests
+            if any("alice: one\n[image: a.png]" in str(m["content"]) for m in r.body["messages"])
+        ]
+        assert folding, "the summariser saw the image as a placeholder"
         await h.ask("three")
         assert await redis_client.exists(images_key(h)) == 0
 

@@ -21,12 +21,13 @@ from types import TracebackType
 from bot.chat.attachments import Prepared, Quoted, Source, prepare, quote_block
 from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.personas import render, resolve
+from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
 from bot.config import AttachmentsConfig, LLMConfig, sees_images
 from bot.delivery.gate import has_visible_text
 from bot.errors import BotError, EmptyMessage, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
-from bot.llm.tokens import TokenCounter
+from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import ImageRef, Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
@@ -63,11 +64,13 @@ class ConversationService:
         metrics: Metrics | None = None,
         attachments: AttachmentsConfig | None = None,
         max_images: int = 4,
+        summaries: SummaryService | None = None,
     ) -> None:
         self.attachments = attachments or AttachmentsConfig()
         # Images of the most recent turns sent to a vision model (history.max_images).
         self.max_images = max_images
         self.store = store
+        self.summaries = summaries
         self.llm = llm
         self.counter = counter
         self.usage = usage
@@ -100,7 +103,7 @@ class ConversationService:
         return sees_images(self.llm_config)
 
     async def read_attachments(self, place: Place, sources: list[Source]) -> Prepared:
-        """Download and read a message's files; done before the channel is held."""
+        """Download and read a message's files (a reply does it once it holds the channel)."""
         return await prepare(sources, self.attachments, vision=self.sees_images(place))
 
     async def reset(self, channel_id: int) -> int:
@@ -137,6 +140,8 @@ class Reply:
         self.attachments: Prepared | None = None
         # Base64 bytes of the images this turn brings (stored with it on commit).
         self._new_images: dict[str, str] = {}
+        self._history: list[Turn] = []
+        self._persona_tokens = 0
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -148,6 +153,8 @@ class Reply:
             await self._read_files(loaded.history)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
+            self._history = loaded.history
+            self._persona_tokens = s.counter.count_message({"role": "system", "content": system})
             content, refs = self._content_and_images()
             self._user_turn = Turn(
                 role="user",
@@ -169,6 +176,7 @@ class Reply:
                 counter=s.counter,
                 images=images,
                 image_tokens=s.attachments.image_tokens,
+                summary=loaded.summary.text if loaded.summary else "",
             )
             if s.metrics:
                 s.metrics.reply_started()
@@ -266,6 +274,7 @@ class Reply:
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
         self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        self._maybe_summarize([*self._history, self._user_turn, reply_turn])
         elapsed = time.monotonic() - self._started
         if s.metrics:
             s.metrics.reply_finished()
@@ -282,6 +291,17 @@ class Reply:
             finish,
             length,
         )
+
+    def _maybe_summarize(self, history: list[Turn]) -> None:
+        """Start folding old turns into the summary, in the background, if any left the window."""
+        summaries, user_turn = self.s.summaries, self._user_turn
+        if summaries is None or user_turn is None:
+            return
+        message_tokens = user_turn.tokens + PER_MESSAGE
+        if summaries.needed(history, self._persona_tokens, message_tokens):
+            summaries.schedule(
+                FoldTask(self.place, self._persona_tokens, message_tokens, self.s.bot_name)
+            )
 
     def _usage(self, stream: ChatStream) -> TokenUsage:
         """Reported usage if the provider sent it (and learn from it), else our estimate."""
