@@ -265,7 +265,10 @@ class Reply:
             [self._user_turn, reply_turn],
             self._usage_record(usage),
             self._lock,
-            images=self._new_images,
+            # None: neither this turn nor the history has images, nothing to store or prune.
+            images=self._new_images
+            if self._new_images or any(t.images for t in self._history)
+            else None,
         )
         notes = list(self.attachments.notes) if self.attachments else []
         if self.context.user_message_cut:

@@ -337,7 +337,8 @@ class Store:
     ) -> int:
         """Append the turns, trim, count usage, refresh TTLs and release the lock, atomically.
 
-        `images` (id -> base64) are the bytes of images the turns refer to.
+        `images` (id -> base64) are the bytes of images the turns refer to; None (no
+        images here at all) skips storing them and pruning those of trimmed turns.
         Returns the history length after trimming.
         """
         k = self.keys
@@ -355,16 +356,17 @@ class Store:
                     self.retention_s,
                     *(t.to_json() for t in turns),
                 )
-                pipe.eval(
-                    _IMAGES,
-                    3,
-                    k.images(place.channel_id),
-                    hist,
-                    k.epoch(place.channel_id),
-                    lock.epoch,
-                    self.retention_s,
-                    *(part for pair in (images or {}).items() for part in pair),
-                )
+                if images is not None:
+                    pipe.eval(
+                        _IMAGES,
+                        3,
+                        k.images(place.channel_id),
+                        hist,
+                        k.epoch(place.channel_id),
+                        lock.epoch,
+                        self.retention_s,
+                        *(part for pair in images.items() for part in pair),
+                    )
                 self._add_usage(pipe, usage)
                 self._keep_summary(pipe, place.channel_id)
                 pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
@@ -482,7 +484,18 @@ class Store:
             *dropped,
         ]
         done = await self._call(lambda: self._fold(keys=keys, args=args))
+        if done:
+            await self._drop_images(channel_id, dropped)
         return bool(done)
+
+    async def _drop_images(self, channel_id: int, raw_turns: list[str]) -> None:
+        """Images of turns that left the history go with them."""
+        ids = [
+            ref.id for raw in raw_turns if '"images"' in raw for ref in Turn.from_json(raw).images
+        ]
+        if ids:
+            key = self.keys.images(channel_id)
+            await self._call(lambda: self.redis.hdel(key, *ids))
 
     async def claim_summarizing(self, channel_id: int, token: str, lease_s: float) -> bool:
         """Take the channel's summarising lease, so two processes don't both do the work."""
