@@ -30,6 +30,8 @@ HELP = """Commands:
   /reset                   forget this channel's conversation (the persona stays)
   /usage                   your token use: today, 7 and 30 days
   /attach PATH             attach a local file or image to your next message
+  /model                   show the model in use (and the others configured)
+  /model NAME              answer with another configured model here
   /memory                  what this channel remembers: messages, what fits, the summary
   /export PATH             save the conversation as PATH.md and PATH.json
   /quit                    leave (Ctrl-D works too)"""
@@ -65,7 +67,7 @@ class Console:
 
     async def run(self, lines: asyncio.Queue[str | None] | None = None) -> None:
         """Read lines (from stdin, or a queue in tests) until /quit or end of input."""
-        model = self.services.config.llm.model
+        model = (await self.services.conversations.choices.current(self.place)).spec.name
         self.say(f"Chatting in #{self.place.channel_name} with {model}. /help for commands.")
         while True:
             line = await (lines.get() if lines else _read_line("you> "))
@@ -130,6 +132,11 @@ class Console:
             if report.month.summary_requests:
                 self.say(f"  30 days: {summary_line(report.month)}")
             self.say(f"   chart: {report.sparkline()}")
+            for name, t in report.by_model.items():
+                cost = f" ≈ {report.currency}{t.cost:,.4f}" if t.cost is not None else ""
+                self.say(f"  {name}: {t.total:,} tokens in 30 days{cost}")
+        elif cmd == "/model":
+            await self.model(rest.strip())
         elif cmd == "/memory":
             bot_name = self.services.conversations.bot_name
             self.say(memory.describe(await self.services.memory.report(self.place, bot_name)))
@@ -160,6 +167,17 @@ class Console:
             self.say(f"[!] Could not write {exc.filename or path}: {exc.strerror or exc}")
             return
         self.say("Saved " + " and ".join(written) + ".")
+
+    async def model(self, name: str) -> None:
+        choices = self.services.conversations.choices
+        if name:
+            await choices.set("channel", self.place.channel_id, name)
+        current = await choices.current(self.place)
+        spec = current.spec
+        self.say(f"Model: {spec.name} ({spec.model} via {spec.provider}; {current.source})")
+        others = [n for n in choices.registry.names if n != spec.name]
+        if others:
+            self.say("Others: " + ", ".join(others))
 
 
 def _write_export(path: str, exported: memory.Export) -> list[str]:

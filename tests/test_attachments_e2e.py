@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from PIL import Image
 
 from bot.chat.attachments import NO_VISION_NOTE
+from bot.config import Config, ModelConfig
 from bot.memory.redis_server import EmbeddedRedis
 from tests.harness import BotHarness, running_bot
 from tests.standin.discord_models import MessageRecord
@@ -305,3 +307,41 @@ async def test_a_slow_download_keeps_the_channel_in_arrival_order(h: BotHarness)
         "Echo: alice: first, with a file\n\nFile `a.txt`:\n```\nalpha\n```",
         "alice: second, right after",
     ]
+
+
+def eyes_and_blind(config: Config) -> Config:
+    """Two models on the one [llm] server: one sees images, one does not."""
+    return replace(
+        config,
+        llm=replace(config.llm, default_model="eyes"),
+        models={
+            "eyes": ModelConfig(model="eyes-1", context_tokens=8000, max_tokens=1000, vision=True),
+            "blind": ModelConfig(model="blind-1", context_tokens=8000, max_tokens=1000),
+        },
+    )
+
+
+async def test_vision_is_per_model(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    async with running_bot(
+        redis_server.url, overrides={"attachments": VISION["attachments"]}, configure=eyes_and_blind
+    ) as h:
+        await h.ask("look", attachments=[("car.png", png((64, 32)))])
+        assert [len(u) for u in last_images(h)] == [1]
+        await h.slash("model set", {"name": "blind"})
+        await h.ask("what colour is it?")
+        assert h.llm.chat_requests[-1].body["model"] == "blind-1"
+        assert last_images(h) == [[], []]
+        assert h.llm.chat_requests[-1].body["messages"][1]["content"] == (
+            "alice: look\n[image: car.png]"
+        )
+        downloads = len(h.discord.attachment_downloads)
+        message = await h.say("and this?", attachments=[("bike.png", png((8, 8)))])
+        await h.settle()
+        assert await notes_for(h, message) == f"-# {NO_VISION_NOTE}"
+        assert len(h.discord.attachment_downloads) == downloads
+        await h.slash("model set", {"name": "eyes"})
+        await h.ask("back to the car")
+        assert h.llm.chat_requests[-1].body["model"] == "eyes-1"
+        assert [len(u) for u in last_images(h)] == [1, 0, 0, 0]

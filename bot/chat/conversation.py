@@ -17,16 +17,19 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from bot.chat.attachments import Prepared, Quoted, Source, prepare, quote_block
 from bot.chat.context import BuiltContext, build_context, speaker_line
+from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import render, resolve
 from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
-from bot.config import AttachmentsConfig, LLMConfig, sees_images
+from bot.config import AttachmentsConfig, LLMConfig, ModelSpec
 from bot.delivery.gate import has_visible_text
 from bot.errors import BotError, EmptyMessage, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
+from bot.llm.models import ModelRegistry
 from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import ImageRef, Place, Speaker, TokenUsage, Turn
@@ -39,6 +42,10 @@ FINISH_NOTES = {
     "content_filter": "The provider's content filter stopped this answer.",
 }
 CUT_MESSAGE_NOTE = "Your message was too long for the model, so only its start was read."
+
+
+def fallback_note(failed: str, answered: str) -> str:
+    return f"`{failed}` could not answer right now, so `{answered}` answered instead."
 
 
 @dataclass(slots=True)
@@ -65,6 +72,8 @@ class ConversationService:
         attachments: AttachmentsConfig | None = None,
         max_images: int = 4,
         summaries: SummaryService | None = None,
+        models: ModelRegistry | None = None,
+        choices: ModelChoiceService | None = None,
     ) -> None:
         self.attachments = attachments or AttachmentsConfig()
         # Images of the most recent turns sent to a vision model (history.max_images).
@@ -78,6 +87,9 @@ class ConversationService:
         self.default_persona = default_persona
         self.metrics = metrics
         self.bot_name = "Assistant"
+        # Several models (/model): without a registry, `llm` is the one model.
+        self.models = models or ModelRegistry.single(llm, counter)
+        self.choices = choices or ModelChoiceService(store, self.models)
 
     def reply(
         self,
@@ -97,14 +109,6 @@ class ConversationService:
         reply = Reply(self, place, speaker, text, message_id)
         reply.files, reply.quoted = list(files), quoted
         return reply
-
-    def sees_images(self, place: Place) -> bool:
-        """Whether the model answering in `place` reads images (asked before downloading)."""
-        return sees_images(self.llm_config)
-
-    async def read_attachments(self, place: Place, sources: list[Source]) -> Prepared:
-        """Download and read a message's files (a reply does it once it holds the channel)."""
-        return await prepare(sources, self.attachments, vision=self.sees_images(place))
 
     async def reset(self, channel_id: int) -> int:
         return await self.store.reset(channel_id)
@@ -142,10 +146,16 @@ class Reply:
         self._new_images: dict[str, str] = {}
         self._history: list[Turn] = []
         self._persona_tokens = 0
+        # The model answering (after any fallback) and its token counter.
+        self.spec: ModelSpec = service.models.default
+        self.counter = service.counter
+        self._notes: list[str] = []
 
     async def __aenter__(self) -> Reply:
         s = self.s
         try:
+            self.spec = (await s.choices.current(self.place)).spec
+            self.counter = s.models.counter(self.spec)
             loaded, self._lock = await self._stack.enter_async_context(
                 s.store.turn(self.place, self.speaker.id)
             )
@@ -167,23 +177,32 @@ class Reply:
                 images=refs,
             )
             images = await self._images_to_send(loaded.history)
-            self.context = build_context(
-                system,
-                loaded.history,
-                self._user_turn,
-                context_tokens=s.llm_config.context_tokens,
-                reply_tokens=s.llm_config.max_tokens,
-                counter=s.counter,
-                images=images,
-                image_tokens=s.attachments.image_tokens,
-                summary=loaded.summary.text if loaded.summary else "",
-            )
+            user_turn = self._user_turn
+
+            def messages_for(spec: ModelSpec) -> list[dict[str, Any]]:
+                # Each model has its own context budget and token calibration; only a
+                # model with vision is sent images (the others get placeholders).
+                self.spec, self.counter = spec, s.models.counter(spec)
+                self.context = build_context(
+                    system,
+                    loaded.history,
+                    user_turn,
+                    context_tokens=spec.context_tokens,
+                    reply_tokens=spec.max_tokens,
+                    counter=self.counter,
+                    images=images if spec.vision else None,
+                    image_tokens=s.attachments.image_tokens,
+                    summary=loaded.summary.text if loaded.summary else "",
+                )
+                return self.context.messages
+
             if s.metrics:
                 s.metrics.reply_started()
             self._started = time.monotonic()
-            self._stream = await self._stack.enter_async_context(
-                s.llm.stream(self.context.messages)
-            )
+            routed = await s.models.open(self._stack, self.spec, messages_for)
+            self._stream = routed.stream
+            if routed.failed:
+                self._notes.append(fallback_note(routed.failed[0][0].name, routed.spec.name))
         except BaseException as exc:
             self._note_failure(exc)
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -198,8 +217,8 @@ class Reply:
             quote = quote_block(q.author, q.text)
             self.text = f"{quote}\n\n{self.text}" if self.text else quote
             sources = [*q.sources, *sources]
-        if sources:
-            self.attachments = await self.s.read_attachments(self.place, sources)
+        if sources:  # images are fetched only for a model with vision (else: one note)
+            self.attachments = await prepare(sources, self.s.attachments, vision=self.spec.vision)
         if not has_visible_text(self.text) and (not self.attachments or self.attachments.empty):
             raise EmptyMessage(self.attachments.notes if self.attachments else None)
 
@@ -219,7 +238,7 @@ class Reply:
     async def _images_to_send(self, history: list[Turn]) -> dict[str, str]:
         """The newest `max_images` images (this turn's first), loaded from Redis if stored."""
         s = self.s
-        if not s.sees_images(self.place) or s.max_images == 0:
+        if not self.spec.vision or s.max_images == 0:
             return {}
         assert self._user_turn is not None
         wanted: list[str] = []
@@ -270,7 +289,7 @@ class Reply:
             if self._new_images or any(t.images for t in self._history)
             else None,
         )
-        notes = list(self.attachments.notes) if self.attachments else []
+        notes = [*(self.attachments.notes if self.attachments else []), *self._notes]
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
         finish = stream.finish_reason or "stop"
@@ -311,11 +330,11 @@ class Reply:
         assert self.context is not None
         reported = stream.usage
         if reported is not None and reported.prompt_tokens > 0:
-            self.s.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
+            self.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
+            self.counter.calibrated(self.context.prompt_tokens),
+            self.counter.count(stream.text),
             estimated=True,
         )
 
@@ -324,8 +343,8 @@ class Reply:
             user_id=self.speaker.id,
             channel_id=self.place.channel_id,
             guild_id=self.place.guild_id,
-            model=(self._stream.model if self._stream and self._stream.model else None)
-            or self.s.llm_config.model,
+            # The configured name: usage and prices are kept per model people can choose.
+            model=self.spec.name,
             usage=usage,
         )
 
@@ -351,8 +370,8 @@ class Reply:
         if stream is None or self.context is None:
             return
         usage = TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
+            self.counter.calibrated(self.context.prompt_tokens),
+            self.counter.count(stream.text),
             estimated=True,
         )
         with contextlib.suppress(BotError):

@@ -158,6 +158,16 @@ class Keys:
         tag = {"user": "u", "channel": "c", "server": "g"}[scope]
         return f"{self.prefix}:{{{tag}{ident}}}:usage:{day}"
 
+    def usage_users(self, guild_id: int, day: str) -> str:
+        """Tokens per user in one server on one day (for /usage scope: server)."""
+        return f"{self.prefix}:{{g{guild_id}}}:usage_users:{day}"
+
+    def channel_model(self, channel_id: int) -> str:
+        return f"{self.prefix}:{{c{channel_id}}}:model"
+
+    def guild_model(self, guild_id: int) -> str:
+        return f"{self.prefix}:{{g{guild_id}}}:model"
+
 
 def utc_day(ts: float | None = None) -> str:
     return time.strftime("%Y%m%d", time.gmtime(time.time() if ts is None else ts))
@@ -170,6 +180,15 @@ class PersonaLayers:
     channel: StoredPersona | None
     parent: StoredPersona | None
     guild: StoredPersona | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLayers:
+    """The model names chosen with /model that apply to a place, most specific first."""
+
+    channel: str | None
+    parent: str | None
+    guild: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +439,10 @@ class Store:
             pipe.hincrby(key, f"{est}prompt|{rec.model}", rec.usage.prompt_tokens)
             pipe.hincrby(key, f"{est}completion|{rec.model}", rec.usage.completion_tokens)
             pipe.expire(key, USAGE_TTL)
+        if rec.guild_id and not summary:
+            users = self.keys.usage_users(rec.guild_id, day)
+            pipe.hincrby(users, str(rec.user_id), rec.usage.total)
+            pipe.expire(users, USAGE_TTL)
 
     # --- reset, personas, chat mode ----------------------------------------------------
 
@@ -557,6 +580,59 @@ class Store:
     async def set_chat_mode(self, channel_id: int, on: bool) -> None:
         key = self.keys.chat_mode(channel_id)
         await self._call(lambda: self.redis.set(key, "1") if on else self.redis.delete(key))
+
+    # --- model choice (/model) ----------------------------------------------------------
+
+    def _model_key(self, scope: str, ident: int) -> str:
+        if scope == "server":
+            return self.keys.guild_model(ident)
+        return self.keys.channel_model(ident)
+
+    async def set_model(self, scope: str, ident: int, name: str) -> None:
+        key = self._model_key(scope, ident)
+        await self._call(lambda: self.redis.set(key, name))
+
+    async def clear_model(self, scope: str, ident: int) -> bool:
+        key = self._model_key(scope, ident)
+        return bool(await self._call(lambda: self.redis.delete(key)))
+
+    async def model_layers(self, place: Place) -> ModelLayers:
+        """One round trip for the channel's, its parent's and its server's choice."""
+        k = self.keys
+        keys = [k.channel_model(place.channel_id)]
+        if place.parent_id:
+            keys.append(k.channel_model(place.parent_id))
+        if place.guild_id:
+            keys.append(k.guild_model(place.guild_id))
+
+        async def load() -> list[Any]:
+            # Separate GETs, not MGET: the keys live in different cluster slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                return await pipe.execute()
+
+        values = iter([_s(v) if v else None for v in await self._call(load)])
+        return ModelLayers(
+            channel=next(values),
+            parent=next(values) if place.parent_id else None,
+            guild=next(values) if place.guild_id else None,
+        )
+
+    async def usage_users(self, guild_id: int, days: list[str]) -> dict[int, int]:
+        """Tokens per user in a server, summed over `days`."""
+
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hgetall(self.keys.usage_users(guild_id, day))
+                return await pipe.execute()
+
+        totals: dict[int, int] = {}
+        for row in await self._call(load):
+            for user, tokens in row.items():
+                totals[int(_s(user))] = totals.get(int(_s(user)), 0) + int(tokens)
+        return totals
 
     async def usage_days(self, scope: str, ident: int, days: list[str]) -> list[dict[str, int]]:
         """Raw per-day usage hashes for one user, channel or server."""
