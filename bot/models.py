@@ -49,11 +49,15 @@ class Turn:
     message_id: int | None = None
     # Images attached to a user turn (refs only: the bytes are stored separately).
     images: tuple[ImageRef, ...] = ()
+    # An answer that used tools: what the next turns should know of them (see bot.tools).
+    tool_note: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
         if not self.images:
             del data["images"]  # text-only turns are stored exactly as before
+        if data["tool_note"] is None:
+            del data["tool_note"]
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
@@ -68,6 +72,7 @@ class Turn:
             author_name=data.get("author_name"),
             message_id=data.get("message_id"),
             images=tuple(ImageRef(**i) for i in data.get("images") or ()),
+            tool_note=data.get("tool_note"),
         )
 
 

@@ -59,6 +59,8 @@ def as_message(turn: Turn, images: Mapping[str, str] | None = None) -> dict[str,
             url = f"data:{ref.mime};base64,{images[ref.id]}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
         return {"role": "user", "content": parts}
+    if turn.tool_note:
+        return {"role": turn.role, "content": f"{turn.tool_note}\n\n{turn.content}"}
     return {"role": turn.role, "content": turn.content}
 
 
