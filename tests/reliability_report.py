@@ -180,7 +180,7 @@ CASES: list[Case] = [
     Case(
         "Input",
         "Empty, whitespace-only and attachment-only messages",
-        "A short 'I can only read text' note; no model call, nothing stored.",
+        "A short 'nothing to read' note; no model call, nothing stored.",
         "test_input_without_text",
     ),
     Case(

@@ -79,7 +79,8 @@ async def test_attachment_only_message_gets_a_note(h: BotHarness) -> None:
     note = await h.discord.wait_for_bot_message(
         h.channel, lambda m: m.referenced_message_id == message.id
     )
-    assert "text" in note.content and h.llm.chat_requests == []
+    assert "nothing to read" in note.content and h.llm.chat_requests == []
+    assert "can't see images" in note.content
 
 
 async def test_replying_to_the_bot_continues_the_conversation(h: BotHarness) -> None:

@@ -415,6 +415,7 @@ class DiscordStandIn:
         self.command_syncs: list[tuple[float, int | None, list[dict[str, Any]]]] = []
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
         self.attachment_blobs: dict[int, tuple[bytes, str]] = {}
+        self.attachment_downloads: list[str] = []
         self.typing: list[tuple[float, int]] = []
         self.request_log: list[RequestRecord] = []
         #: Exceptions raised inside handlers (stand-in bugs); answered 503 so they surface.
@@ -1893,7 +1894,16 @@ class DiscordStandIn:
         return None
 
     async def _serve_file(self, request: web.Request) -> web.StreamResponse:
-        """CDN stand-in for attachment URLs (bots download user attachments)."""
+        """CDN stand-in for attachment URLs (bots download user attachments).
+
+        `add_latency(s, "/attachments/")` makes downloads slow and `fail_next("GET",
+        "/attachments/", 500)` makes them fail (both match the path ``/attachments/...``);
+        `attachment_downloads` lists the paths fetched."""
+        self.attachment_downloads.append(request.path)
+        await self._apply_latency("GET", request.path)
+        fault = self._take_fault("GET", request.path)
+        if fault is not None:
+            return web.Response(status=fault.status, text=f"{fault.status}: injected")
         try:
             data, ctype = self.attachment_blobs[int(request.match_info["attachment_id"])]
         except (KeyError, ValueError):
