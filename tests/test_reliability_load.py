@@ -173,6 +173,16 @@ def _open_sockets(proc: psutil.Process) -> int:
     return len(proc.net_connections(kind="all"))
 
 
+def _bot_tasks() -> int:
+    """Running tasks, less the stand-in servers' handlers of idle keep-alive connections:
+    those come and go with aiohttp's connection pools (sockets are counted on their own)."""
+    return sum(
+        1
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") != "RequestHandler.start"
+    )
+
+
 async def _quiet_counts(
     proc: psutil.Process, expect: tuple[int, int, int] | None = None
 ) -> tuple[int, int, int]:
@@ -180,7 +190,7 @@ async def _quiet_counts(
     for _ in range(10):
         await asyncio.sleep(0.3)
         gc.collect()
-        counts = len(asyncio.all_tasks()), proc.num_fds(), _open_sockets(proc)
+        counts = _bot_tasks(), proc.num_fds(), _open_sockets(proc)
         if expect is None or counts == expect:
             break
     return counts
