@@ -19,7 +19,7 @@ import discord
 from bot.client import ChatBot
 from bot.config import Config, load_config
 from bot.console import Console
-from bot.delivery.budget import RateBudget
+from bot.delivery.budget import RateBudget, burst_for
 from bot.errors import ConfigError
 from bot.memory.redis_server import RedisServerError
 from bot.ops.health import HealthServer
@@ -114,7 +114,8 @@ def run_chat(config: Config, channel: str) -> int:
 
 
 def make_bot(services: Services) -> ChatBot:
-    return ChatBot(services, RateBudget(rate=services.config.discord.stream_rate))
+    rate = services.config.discord.stream_rate
+    return ChatBot(services, RateBudget(rate=rate, burst=burst_for(rate)))
 
 
 async def run_bot(config: Config) -> None:

@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _T = TypeVar("_T")
 
+DISCORD_GLOBAL_RATE = 50.0  # requests per second per bot
+
+
+def burst_for(rate: float) -> float:
+    """The burst on top of `rate` that lets a moment's requests use Discord's whole 50/s.
+
+    Replies that start together (many channels at once) each need one create before
+    anything is visible; with a burst of 10 at 40/s, ten first messages go out at once
+    and fifty within a second, Discord's own floor. Sustained, streams still stay at
+    `rate`: any 1-second window holds at most ``rate + burst`` = 50 requests.
+    """
+    return max(1.0, DISCORD_GLOBAL_RATE - rate)
+
 
 class _Waiter:
     __slots__ = ("bucket", "fut", "priority")
