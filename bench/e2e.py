@@ -71,6 +71,8 @@ class Scenario:
     # Quick replies: `tokens` is the longest answer (5..tokens tokens each), and every
     # `ERROR_EVERY`-th question gets an instant error from the model instead.
     quick: bool = False
+    # Seconds a channel waits between its questions (after the previous reply is complete).
+    pause: float = 0.0
 
     @property
     def name(self) -> str:
@@ -325,6 +327,8 @@ async def run_scenario(
                 async def channel_loop(i: int, channel: int) -> None:
                     nonlocal completed
                     for r in range(sc.rounds):
+                        if r and sc.pause:
+                            await asyncio.sleep(sc.pause)
                         item = await ask(channel, *sc.question(i, r))
                         await asyncio.shield(item.done)
                         completed += 1
@@ -530,7 +534,9 @@ def summarise(
         "timed_out": timed_out,
         "elapsed_s": elapsed,
         "tokens": tokens,
-        "first_text_ms": _scaled(summary([f.first_text_s for f in figures]), 1000),
+        "first_text_ms": _scaled(
+            summary([f.first_text_s for f in figures if not math.isnan(f.first_text_s)]), 1000
+        ),
         "lag_s": summary(lags),
         "lag_floor_s": lag_floor(sc.channels),
         "edits_per_reply": summary([f.edits for f in figures]),

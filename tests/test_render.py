@@ -244,6 +244,27 @@ async def test_budget_global_rate_and_burst_in_real_time() -> None:
         assert sum(start <= t < start + 0.1 for t in times) <= 5 + 10 + 1
 
 
+async def test_budget_big_burst_never_exceeds_per_second() -> None:
+    """Ten at once (replies starting together), yet no second holds more than 45."""
+    clock = FakeClock()
+    budget = RateBudget(rate=40.0, burst=10.0, per_second=45, clock=clock)
+    futs = [budget.request(f"send:{i}", float(i)) for i in range(60)]
+    grants: list[float] = []
+    for _ in range(200):  # 2 s in 10 ms steps
+        await asyncio.sleep(0)
+        grants += [clock.t] * (sum(f.done() for f in futs) - len(grants))
+        clock.advance(0.01)
+        budget.pump()
+    t0 = grants[0]
+    assert grants[:10] == [t0] * 10, "the burst goes out at once"
+    assert len(grants) == 60
+    for start in grants:
+        assert sum(start <= t < start + 1.0 for t in grants) <= 45
+    assert grants[44] - t0 < 0.9 and grants[45] - t0 >= 1.0  # 10 + 35 at 40/s, then wait
+    for fut in futs:
+        fut.cancel()
+
+
 async def test_observe_remaining_zero_holds_bucket_until_reset() -> None:
     clock = FakeClock()
     budget = RateBudget(rate=100.0, margin=0.01, clock=clock)

@@ -25,17 +25,19 @@ Clock = Callable[[], float]
 _T = TypeVar("_T")
 
 DISCORD_GLOBAL_RATE = 50.0  # requests per second per bot
+DEFAULT_BURST = 5.0
 
 
 def burst_for(rate: float) -> float:
     """The burst on top of `rate` that lets a moment's requests use Discord's whole 50/s.
 
     Replies that start together (many channels at once) each need one create before
-    anything is visible; with a burst of 10 at 40/s, ten first messages go out at once
-    and fifty within a second, Discord's own floor. Sustained, streams still stay at
-    `rate`: any 1-second window holds at most ``rate + burst`` = 50 requests.
+    anything is visible: with a burst of 10 at 40/s, ten first messages go out at once
+    (instead of five, then one every 25 ms). Pair it with ``per_second=rate +
+    DEFAULT_BURST`` (see `RateBudget`) so no second holds more than before: the bigger
+    burst only front-loads the same 45 requests.
     """
-    return max(1.0, DISCORD_GLOBAL_RATE - rate)
+    return max(DEFAULT_BURST, DISCORD_GLOBAL_RATE - rate)
 
 
 class _Waiter:
@@ -63,7 +65,10 @@ class RateBudget:
     """Process-wide request budget shared by all reply streams.
 
     * Global: a token bucket of `rate` grants/s with `burst` tokens, so any 1-second
-      window holds at most ``rate + burst`` requests (Discord allows 50/s per bot).
+      window holds at most ``rate + burst`` requests (Discord allows 50/s per bot);
+      with `per_second`, at most that many (a big burst for replies that start
+      together, without more requests in any second: 50 requests in a second leave no
+      room for the latency jitter that bunches them at Discord, and earned global 429s).
     * Per bucket: at most `bucket_limit` grants per `bucket_period` seconds (sliding
       window) for buckets Discord has not told us about; once `observe` has seen a
       bucket's headers, its remaining count and reset time rule instead, and
@@ -87,6 +92,7 @@ class RateBudget:
         bucket_period: float = 5.0,
         margin: float = 0.05,
         clock: Clock = time.monotonic,
+        per_second: float | None = None,
     ) -> None:
         if rate <= 0 or burst < 1 or bucket_limit < 1 or bucket_period <= 0:
             raise ValueError("rate, burst, bucket_limit and bucket_period must be positive")
@@ -98,6 +104,10 @@ class RateBudget:
         self.clock = clock
         self.granted = 0  # total grants, for tests and metrics
         self._tokens = burst
+        # Grant times of the last second, when `per_second` caps them.
+        self._second: deque[float] | None = None
+        if per_second is not None and per_second < rate + burst:
+            self._second = deque(maxlen=max(1, int(per_second)))
         self._stamp = clock()
         self._hold_until = 0.0
         self._ready: list[tuple[float, int, _Waiter]] = []  # by priority
@@ -177,7 +187,7 @@ class RateBudget:
                 heapq.heappop(ready)
                 heapq.heappush(parked, (opens, seq, w))
                 continue
-            if self._tokens < 1.0:
+            if self._tokens < 1.0 or self._second_full(now):
                 break
             heapq.heappop(ready)
             self._grant(w.bucket, now)
@@ -188,6 +198,9 @@ class RateBudget:
         if ready:
             need = (1.0 - self._tokens) / self.rate if self._tokens < 1.0 else 0.0
             wake = max(self._hold_until, now + need)
+            if self._second_full(now):
+                assert self._second is not None
+                wake = max(wake, self._second[0] + 1.0)
         if parked:
             wake = min(wake, max(parked[0][0], self._hold_until))
         self._arm(wake, now)
@@ -220,7 +233,7 @@ class RateBudget:
         if now < self._hold_until:
             return False
         self._refill(now)
-        if self._tokens < 1.0 or self._bucket_opens(bucket, now) > now:
+        if self._tokens < 1.0 or self._second_full(now) or self._bucket_opens(bucket, now) > now:
             return False
         self._grant(bucket, now)
         return True
@@ -228,12 +241,19 @@ class RateBudget:
     def _grant(self, bucket: str, now: float) -> None:
         self._tokens -= 1.0
         self.granted += 1
+        if self._second is not None:
+            self._second.append(now)
         b = self._bucket(bucket)
         b.recent.append(now)
         if b.learned and now < b.reset_at:
             b.remaining -= 1
         if self.granted % 4096 == 0:
             self._prune(now)
+
+    def _second_full(self, now: float) -> bool:
+        """True while the last second already holds `per_second` grants."""
+        s = self._second
+        return s is not None and len(s) == s.maxlen and s[0] > now - 1.0
 
     def _bucket(self, key: str) -> _Bucket:
         b = self._buckets.get(key)
