@@ -19,7 +19,7 @@ import discord
 from bot.client import ChatBot
 from bot.config import Config, load_config
 from bot.console import Console
-from bot.delivery.budget import DEFAULT_BURST, RateBudget, burst_for
+from bot.delivery.budget import DEFAULT_BURST, RateBudget, head_start_for
 from bot.errors import ConfigError
 from bot.memory.redis_server import RedisServerError
 from bot.ops.health import HealthServer
@@ -115,7 +115,7 @@ def run_chat(config: Config, channel: str) -> int:
 
 def make_bot(services: Services) -> ChatBot:
     rate = services.config.discord.stream_rate
-    budget = RateBudget(rate=rate, burst=burst_for(rate), per_second=rate + DEFAULT_BURST)
+    budget = RateBudget(rate=rate, head_start=head_start_for(rate), per_second=rate + DEFAULT_BURST)
     return ChatBot(services, budget)
 
 

@@ -244,11 +244,19 @@ async def test_budget_global_rate_and_burst_in_real_time() -> None:
         assert sum(start <= t < start + 0.1 for t in times) <= 5 + 10 + 1
 
 
-async def test_budget_big_burst_never_exceeds_per_second() -> None:
-    """Ten at once (replies starting together), yet no second holds more than 45."""
+async def test_budget_head_start_for_first_messages_never_exceeds_per_second() -> None:
+    """Ten first messages at once (replies starting together), yet no second holds
+    more than 45 grants, and other requests get no head start."""
     clock = FakeClock()
-    budget = RateBudget(rate=40.0, burst=10.0, per_second=45, clock=clock)
-    futs = [budget.request(f"send:{i}", float(i)) for i in range(60)]
+    budget = RateBudget(rate=40.0, burst=5.0, head_start=5.0, per_second=45, clock=clock)
+    for i in range(5):
+        await budget.acquire(f"edit:{i}")
+    edit = budget.request("edit:y", 0.0)
+    await asyncio.sleep(0)
+    assert not edit.done(), "an edit gets no head start"
+    edit.cancel()
+    clock.advance(0.125)  # refilled to 5 tokens
+    futs = [budget.request(f"send:{i}", float(i), first=True) for i in range(60)]
     grants: list[float] = []
     for _ in range(200):  # 2 s in 10 ms steps
         await asyncio.sleep(0)
@@ -256,13 +264,12 @@ async def test_budget_big_burst_never_exceeds_per_second() -> None:
         clock.advance(0.01)
         budget.pump()
     t0 = grants[0]
-    assert grants[:10] == [t0] * 10, "the burst goes out at once"
+    assert grants[:10] == [t0] * 10, "ten first messages go out at once"
     assert len(grants) == 60
-    for start in grants:
-        assert sum(start <= t < start + 1.0 for t in grants) <= 45
-    assert grants[44] - t0 < 0.9 and grants[45] - t0 >= 1.0  # 10 + 35 at 40/s, then wait
-    for fut in futs:
-        fut.cancel()
+    every = [t0 - 0.125] * 5 + grants  # the five edits count too
+    for start in every:
+        assert sum(start <= t < start + 1.0 for t in every) <= 45
+    assert grants[30] - t0 < 0.6  # 10 at once, then 40/s
 
 
 async def test_observe_remaining_zero_holds_bucket_until_reset() -> None:

@@ -28,25 +28,30 @@ DISCORD_GLOBAL_RATE = 50.0  # requests per second per bot
 DEFAULT_BURST = 5.0
 
 
-def burst_for(rate: float) -> float:
-    """The burst on top of `rate` that lets a moment's requests use Discord's whole 50/s.
+def head_start_for(rate: float, burst: float = DEFAULT_BURST) -> float:
+    """Extra grants a reply's first message may take, up to Discord's 50/s.
 
     Replies that start together (many channels at once) each need one create before
-    anything is visible: with a burst of 10 at 40/s, ten first messages go out at once
-    (instead of five, then one every 25 ms). Pair it with ``per_second=rate +
-    DEFAULT_BURST`` (see `RateBudget`) so no second holds more than before: the bigger
-    burst only front-loads the same 45 requests.
+    anything is visible: at 40/s with a burst of 5 (and a head start of 5), ten first
+    messages go out at once instead of five, then one every 25 ms. Only first messages
+    get it: a burst of 10 for every request let the bucket refill to 10 whenever the
+    streams' edits waited for their channels, and the bunched requests earned global
+    429s at 200 channels. Pair it with ``per_second=rate + burst`` so no second holds
+    more requests than before.
     """
-    return max(DEFAULT_BURST, DISCORD_GLOBAL_RATE - rate)
+    return max(0.0, DISCORD_GLOBAL_RATE - rate - burst)
 
 
 class _Waiter:
-    __slots__ = ("bucket", "fut", "priority")
+    __slots__ = ("bucket", "first", "fut", "priority")
 
-    def __init__(self, bucket: str, priority: float, fut: asyncio.Future[None]) -> None:
+    def __init__(
+        self, bucket: str, priority: float, fut: asyncio.Future[None], first: bool = False
+    ) -> None:
         self.bucket = bucket
         self.priority = priority
         self.fut = fut
+        self.first = first
 
 
 class _Bucket:
@@ -65,10 +70,10 @@ class RateBudget:
     """Process-wide request budget shared by all reply streams.
 
     * Global: a token bucket of `rate` grants/s with `burst` tokens, so any 1-second
-      window holds at most ``rate + burst`` requests (Discord allows 50/s per bot);
-      with `per_second`, at most that many (a big burst for replies that start
-      together, without more requests in any second: 50 requests in a second leave no
-      room for the latency jitter that bunches them at Discord, and earned global 429s).
+      window holds at most ``rate + burst`` requests (Discord allows 50/s per bot).
+      A reply's first message (``first=True``) may also spend `head_start` tokens
+      beyond the bucket (see `head_start_for`); `per_second` caps the grants in any
+      second all the same.
     * Per bucket: at most `bucket_limit` grants per `bucket_period` seconds (sliding
       window) for buckets Discord has not told us about; once `observe` has seen a
       bucket's headers, its remaining count and reset time rule instead, and
@@ -92,6 +97,7 @@ class RateBudget:
         bucket_period: float = 5.0,
         margin: float = 0.05,
         clock: Clock = time.monotonic,
+        head_start: float = 0.0,
         per_second: float | None = None,
     ) -> None:
         if rate <= 0 or burst < 1 or bucket_limit < 1 or bucket_period <= 0:
@@ -103,10 +109,11 @@ class RateBudget:
         self.margin = margin  # slack for request latency jitter between grant and Discord
         self.clock = clock
         self.granted = 0  # total grants, for tests and metrics
+        self.head_start = head_start
         self._tokens = burst
         # Grant times of the last second, when `per_second` caps them.
         self._second: deque[float] | None = None
-        if per_second is not None and per_second < rate + burst:
+        if per_second is not None and per_second < rate + burst + head_start:
             self._second = deque(maxlen=max(1, int(per_second)))
         self._stamp = clock()
         self._hold_until = 0.0
@@ -128,20 +135,23 @@ class RateBudget:
         bucket's reset): grants are scarce and the budget sets every stream's pace."""
         return any(not w.fut.done() for _, _, w in self._ready)
 
-    async def acquire(self, bucket: str, priority: float | None = None) -> None:
-        """Wait for a grant to make one request in `bucket`."""
+    async def acquire(
+        self, bucket: str, priority: float | None = None, *, first: bool = False
+    ) -> None:
+        """Wait for a grant to make one request in `bucket` (`first`: a reply's first
+        message, which may use the head start)."""
         now = self.clock()
         if priority is None:
             priority = now
-        if not self._ready and self._take(bucket, now):
+        if not self._ready and self._take(bucket, now, first):
             return  # fast path: nobody waiting, no future needed
-        await self.request(bucket, priority)
+        await self.request(bucket, priority, first=first)
 
-    def request(self, bucket: str, priority: float) -> asyncio.Future[None]:
+    def request(self, bucket: str, priority: float, *, first: bool = False) -> asyncio.Future[None]:
         """A future resolved when the grant is given; cancel it to withdraw the request."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         seq = next(self._seq)
-        heapq.heappush(self._ready, (priority, seq, _Waiter(bucket, priority, fut)))
+        heapq.heappush(self._ready, (priority, seq, _Waiter(bucket, priority, fut, first)))
         self.pump()
         return fut
 
@@ -187,7 +197,7 @@ class RateBudget:
                 heapq.heappop(ready)
                 heapq.heappush(parked, (opens, seq, w))
                 continue
-            if self._tokens < 1.0 or self._second_full(now):
+            if self._tokens < self._floor(w.first) or self._second_full(now):
                 break
             heapq.heappop(ready)
             self._grant(w.bucket, now)
@@ -196,7 +206,8 @@ class RateBudget:
             heapq.heappop(ready)
         wake = math.inf
         if ready:
-            need = (1.0 - self._tokens) / self.rate if self._tokens < 1.0 else 0.0
+            floor = self._floor(ready[0][2].first)
+            need = (floor - self._tokens) / self.rate if self._tokens < floor else 0.0
             wake = max(self._hold_until, now + need)
             if self._second_full(now):
                 assert self._second is not None
@@ -228,12 +239,20 @@ class RateBudget:
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
 
-    def _take(self, bucket: str, now: float) -> bool:
+    def _floor(self, first: bool) -> float:
+        """Tokens needed for a grant: one, or less for a first message's head start."""
+        return 1.0 - self.head_start if first else 1.0
+
+    def _take(self, bucket: str, now: float, first: bool = False) -> bool:
         """Grant immediately if allowed (caller checked nobody waits)."""
         if now < self._hold_until:
             return False
         self._refill(now)
-        if self._tokens < 1.0 or self._second_full(now) or self._bucket_opens(bucket, now) > now:
+        if (
+            self._tokens < self._floor(first)
+            or self._second_full(now)
+            or self._bucket_opens(bucket, now) > now
+        ):
             return False
         self._grant(bucket, now)
         return True

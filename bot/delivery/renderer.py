@@ -391,7 +391,8 @@ class ReplyRenderer:
 
     async def _perform(self, kind: str, index: int) -> None:
         priority = self._unseen_since if self._unseen_since is not None else self._clock()
-        await self.budget.acquire(self.sink.bucket(kind), priority)
+        first = kind == "send" and index == 0  # may use the budget's head start
+        await self.budget.acquire(self.sink.bucket(kind), priority, first=first)
         desired = self._plan()  # the newest text, whatever arrived while waiting
         content = desired[index]
         now = self._clock()
