@@ -140,6 +140,12 @@ class UnknownPreset(BotError):
         super().__init__(f"There is no persona preset called `{name}`. Presets: {names}.")
 
 
+class UnknownModel(BotError):
+    def __init__(self, name: str, available: list[str]) -> None:
+        names = ", ".join(f"`{n}`" for n in available) or "none are configured"
+        super().__init__(f"There is no model called `{name}`. Models: {names}.")
+
+
 class QuotaExceeded(BotError):
     def __init__(self, used: int, quota: int) -> None:
         self.used, self.quota = used, quota

@@ -20,11 +20,15 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from bot.chat.conversation import ConversationService
+from bot.chat.memory import MemoryService
+from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import PersonaService
+from bot.chat.summary import SummaryService, summary_llm_config
 from bot.chat.usage import UsageService
 from bot.config import Config
 from bot.delivery.gate import Cooldown
 from bot.llm.client import LLMClient
+from bot.llm.models import ModelRegistry
 from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store
@@ -46,6 +50,8 @@ class Services:
     metrics: Metrics
     session: aiohttp.ClientSession
     embedded_redis: EmbeddedRedis | None
+    summaries: SummaryService
+    memory: MemoryService
 
 
 async def wait_for_redis(
@@ -138,12 +144,27 @@ async def open_services(
         store = Store(
             client,
             prefix=config.redis.key_prefix,
-            max_turns=config.history.max_turns,
+            max_turns=config.history.stored_turns_cap,
             retention_days=config.history.retention_days,
             metrics=metrics,
         )
-        llm = LLMClient(session, config.llm)
-        usage = UsageService(store, config.usage)
+        models = ModelRegistry.build(config, session, counter)
+        # The default model's client and settings: what `llm` and `config.llm` always were
+        # with a single [llm] section (then they are exactly those); summaries use them too.
+        llm = models.client(models.default)
+        default_llm = models.default.llm
+        model_choice = ModelChoiceService(store, models)
+        usage = UsageService(store, config.usage, prices=models.price)
+        summaries = SummaryService(
+            store=store,
+            llm=LLMClient(session, summary_llm_config(config.history, default_llm)),
+            counter=counter,
+            history=config.history,
+            llm_config=default_llm,
+        )
+        # Closed before the session and Redis (the stack unwinds in reverse).
+        stack.push_async_callback(summaries.close)
+        personas = PersonaService(store, config.persona)
         yield Services(
             config=config,
             store=store,
@@ -157,11 +178,22 @@ async def open_services(
                 llm_config=config.llm,
                 default_persona=config.persona.default,
                 metrics=metrics,
+                summaries=summaries,
+                models=models,
+                choices=model_choice,
             ),
-            personas=PersonaService(store, config.persona),
+            personas=personas,
             usage=usage,
             cooldown=Cooldown(config.discord.user_burst, config.discord.user_cooldown_s),
             metrics=metrics,
             session=session,
             embedded_redis=embedded,
+            summaries=summaries,
+            memory=MemoryService(
+                store=store,
+                personas=personas,
+                counter=counter,
+                llm_config=default_llm,
+                summaries=summaries,
+            ),
         )

@@ -16,14 +16,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from bot.chat.context import BuiltContext, build_context, speaker_line
+from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import render, resolve
+from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
-from bot.config import LLMConfig
+from bot.config import LLMConfig, ModelSpec
 from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
-from bot.llm.tokens import TokenCounter
+from bot.llm.models import ModelRegistry
+from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
@@ -35,6 +39,10 @@ FINISH_NOTES = {
     "content_filter": "The provider's content filter stopped this answer.",
 }
 CUT_MESSAGE_NOTE = "Your message was too long for the model, so only its start was read."
+
+
+def fallback_note(failed: str, answered: str) -> str:
+    return f"`{failed}` could not answer right now, so `{answered}` answered instead."
 
 
 @dataclass(slots=True)
@@ -58,8 +66,12 @@ class ConversationService:
         llm_config: LLMConfig,
         default_persona: str,
         metrics: Metrics | None = None,
+        summaries: SummaryService | None = None,
+        models: ModelRegistry | None = None,
+        choices: ModelChoiceService | None = None,
     ) -> None:
         self.store = store
+        self.summaries = summaries
         self.llm = llm
         self.counter = counter
         self.usage = usage
@@ -67,6 +79,9 @@ class ConversationService:
         self.default_persona = default_persona
         self.metrics = metrics
         self.bot_name = "Assistant"
+        # Several models (/model): without a registry, `llm` is the one model.
+        self.models = models or ModelRegistry.single(llm, counter)
+        self.choices = choices or ModelChoiceService(store, self.models)
 
     def reply(
         self, place: Place, speaker: Speaker, text: str, *, message_id: int | None = None
@@ -102,16 +117,26 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        self._history: list[Turn] = []
+        self._persona_tokens = 0
+        # The model answering (after any fallback) and its token counter.
+        self.spec: ModelSpec = service.models.default
+        self.counter = service.counter
+        self._notes: list[str] = []
 
     async def __aenter__(self) -> Reply:
         s = self.s
         try:
+            self.spec = (await s.choices.current(self.place)).spec
+            self.counter = s.models.counter(self.spec)
             loaded, self._lock = await self._stack.enter_async_context(
                 s.store.turn(self.place, self.speaker.id)
             )
             s.usage.check_quota(loaded.user_tokens_today)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
+            self._history = loaded.history
+            self._persona_tokens = s.counter.count_message({"role": "system", "content": system})
             self._user_turn = Turn(
                 role="user",
                 content=self.text,
@@ -121,20 +146,29 @@ class Reply:
                 author_name=self.speaker.name,
                 message_id=self.message_id,
             )
-            self.context = build_context(
-                system,
-                loaded.history,
-                self._user_turn,
-                context_tokens=s.llm_config.context_tokens,
-                reply_tokens=s.llm_config.max_tokens,
-                counter=s.counter,
-            )
+            user_turn = self._user_turn
+
+            def messages_for(spec: ModelSpec) -> list[dict[str, Any]]:
+                # Each model has its own context budget and token calibration.
+                self.spec, self.counter = spec, s.models.counter(spec)
+                self.context = build_context(
+                    system,
+                    loaded.history,
+                    user_turn,
+                    context_tokens=spec.context_tokens,
+                    reply_tokens=spec.max_tokens,
+                    counter=self.counter,
+                    summary=loaded.summary.text if loaded.summary else "",
+                )
+                return self.context.messages
+
             if s.metrics:
                 s.metrics.reply_started()
             self._started = time.monotonic()
-            self._stream = await self._stack.enter_async_context(
-                s.llm.stream(self.context.messages)
-            )
+            routed = await s.models.open(self._stack, self.spec, messages_for)
+            self._stream = routed.stream
+            if routed.failed:
+                self._notes.append(fallback_note(routed.failed[0][0].name, routed.spec.name))
         except BaseException as exc:
             self._note_failure(exc)
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -171,13 +205,14 @@ class Reply:
         length = await s.store.commit(
             self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
         )
-        notes = []
+        notes = list(self._notes)
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
         finish = stream.finish_reason or "stop"
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
         self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        self._maybe_summarize([*self._history, self._user_turn, reply_turn])
         elapsed = time.monotonic() - self._started
         if s.metrics:
             s.metrics.reply_finished()
@@ -195,16 +230,27 @@ class Reply:
             length,
         )
 
+    def _maybe_summarize(self, history: list[Turn]) -> None:
+        """Start folding old turns into the summary, in the background, if any left the window."""
+        summaries, user_turn = self.s.summaries, self._user_turn
+        if summaries is None or user_turn is None:
+            return
+        message_tokens = user_turn.tokens + PER_MESSAGE
+        if summaries.needed(history, self._persona_tokens, message_tokens):
+            summaries.schedule(
+                FoldTask(self.place, self._persona_tokens, message_tokens, self.s.bot_name)
+            )
+
     def _usage(self, stream: ChatStream) -> TokenUsage:
         """Reported usage if the provider sent it (and learn from it), else our estimate."""
         assert self.context is not None
         reported = stream.usage
         if reported is not None and reported.prompt_tokens > 0:
-            self.s.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
+            self.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
+            self.counter.calibrated(self.context.prompt_tokens),
+            self.counter.count(stream.text),
             estimated=True,
         )
 
@@ -213,8 +259,8 @@ class Reply:
             user_id=self.speaker.id,
             channel_id=self.place.channel_id,
             guild_id=self.place.guild_id,
-            model=(self._stream.model if self._stream and self._stream.model else None)
-            or self.s.llm_config.model,
+            # The configured name: usage and prices are kept per model people can choose.
+            model=self.spec.name,
             usage=usage,
         )
 
@@ -240,8 +286,8 @@ class Reply:
         if stream is None or self.context is None:
             return
         usage = TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
+            self.counter.calibrated(self.context.prompt_tokens),
+            self.counter.count(stream.text),
             estimated=True,
         )
         with contextlib.suppress(BotError):

@@ -4,6 +4,9 @@ Why it looks like this:
 - One turn of conversation costs two round trips: `load()` (lock + persona + history +
   today's usage in one pipeline) and `commit()` (one MULTI/EXEC that appends both turns,
   trims, bumps usage, refreshes the TTL and releases the lock).
+- The rolling summary of turns that left the history sits next to it (`load()` reads it
+  too). `fold()` swaps the oldest turns for the summary covering them in one Lua call,
+  guarded like the commit by the reset epoch, so no turn is lost or duplicated.
 - Every key of a channel carries the hash tag `{c<id>}` so a channel's keys share one
   Redis Cluster slot; server keys use `{g<id>}` and user keys `{u<id>}`.
 - The per-channel lock lives in Redis, so several bot processes sharing one Redis never
@@ -26,7 +29,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from bot.errors import MemoryUnavailable
-from bot.models import Place, StoredPersona, TokenUsage, Turn
+from bot.models import Place, StoredPersona, Summary, TokenUsage, Turn
 from bot.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,26 @@ else
   redis.call('persist', KEYS[1])
 end
 return {1, redis.call('llen', KEYS[1])}
+"""
+# Replace the oldest turns by the summary that covers them, in one step, only if nothing
+# changed since they were read: same reset epoch, same summary, and the history still
+# starts with exactly those turns. So a concurrent reply (it appends at the end), a /reset
+# or another process's summary can neither lose nor duplicate a turn.
+# KEYS: history, summary, epoch. ARGV: epoch seen ("" if none), summary seen ("" if none),
+# new summary, TTL s (0: keep), then the turns to drop, oldest first.
+_FOLD = """
+if (redis.call('get', KEYS[3]) or '') ~= ARGV[1] then return 0 end
+if (redis.call('get', KEYS[2]) or '') ~= ARGV[2] then return 0 end
+local n = #ARGV - 4
+local head = redis.call('lrange', KEYS[1], 0, n - 1)
+if #head ~= n then return 0 end
+for i = 1, n do
+  if head[i] ~= ARGV[4 + i] then return 0 end
+end
+redis.call('ltrim', KEYS[1], n, -1)
+redis.call('set', KEYS[2], ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('expire', KEYS[2], ARGV[4]) end
+return 1
 """
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
@@ -84,6 +107,14 @@ class Keys:
         """A counter bumped by /reset (no text), so a turn can tell it was reset."""
         return f"{self.prefix}:{{c{channel_id}}}:epoch"
 
+    def summary(self, channel_id: int) -> str:
+        """The running summary of the turns that left the history."""
+        return f"{self.prefix}:{{c{channel_id}}}:summary"
+
+    def summarizing(self, channel_id: int) -> str:
+        """Held (with a lease) by the process writing the channel's next summary."""
+        return f"{self.prefix}:{{c{channel_id}}}:summarizing"
+
     def channel_persona(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:persona"
 
@@ -93,6 +124,16 @@ class Keys:
     def usage(self, scope: str, ident: int, day: str) -> str:
         tag = {"user": "u", "channel": "c", "server": "g"}[scope]
         return f"{self.prefix}:{{{tag}{ident}}}:usage:{day}"
+
+    def usage_users(self, guild_id: int, day: str) -> str:
+        """Tokens per user in one server on one day (for /usage scope: server)."""
+        return f"{self.prefix}:{{g{guild_id}}}:usage_users:{day}"
+
+    def channel_model(self, channel_id: int) -> str:
+        return f"{self.prefix}:{{c{channel_id}}}:model"
+
+    def guild_model(self, guild_id: int) -> str:
+        return f"{self.prefix}:{{g{guild_id}}}:model"
 
 
 def utc_day(ts: float | None = None) -> str:
@@ -109,10 +150,37 @@ class PersonaLayers:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelLayers:
+    """The model names chosen with /model that apply to a place, most specific first."""
+
+    channel: str | None
+    parent: str | None
+    guild: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Loaded:
     history: list[Turn]
     personas: PersonaLayers
     user_tokens_today: int
+    summary: Summary | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A channel's history, summary and reset epoch, read together (for summarising)."""
+
+    raw_history: list[str]
+    raw_summary: str
+    epoch: str
+
+    @property
+    def history(self) -> list[Turn]:
+        return [Turn.from_json(r) for r in self.raw_history]
+
+    @property
+    def summary(self) -> Summary | None:
+        return Summary.from_json(self.raw_summary) if self.raw_summary else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +192,9 @@ class UsageRecord:
     guild_id: int | None
     model: str
     usage: TokenUsage
+    # "reply", or "summary" (a background summarising call: counted for the channel and
+    # server, apart from replies, and not against the user's quota).
+    kind: str = "reply"
 
 
 class Store:
@@ -145,6 +216,7 @@ class Store:
         self.lock_lease_ms = int(lock_lease_s * 1000)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._fold = client.register_script(_FOLD)
         # In-process FIFO per channel: the Redis lock then almost never sees contention
         # from this process, and waiters here are served strictly in arrival order.
         self._local_locks: dict[int, _LocalLock] = {}
@@ -214,6 +286,7 @@ class Store:
                     pipe.lrange(k.history(place.channel_id), 0, -1)
                     pipe.hmget(k.usage("user", user_id, utc_day()), "prompt", "completion")
                     pipe.get(k.epoch(place.channel_id))
+                    pipe.get(k.summary(place.channel_id))
                     self._queue_personas(pipe, place)
                     return await pipe.execute()
 
@@ -222,7 +295,7 @@ class Store:
                 results = results[1:]
                 if self._unreleased.get(place.channel_id) == stale:
                     del self._unreleased[place.channel_id]
-            got, raw_history, usage, epoch, *personas = results
+            got, raw_history, usage, epoch, summary, *personas = results
             if got:
                 lock.held = True
                 lock.epoch = epoch or ""
@@ -230,6 +303,7 @@ class Store:
                     history=[Turn.from_json(r) for r in raw_history],
                     personas=self._parse_personas(personas, place),
                     user_tokens_today=sum(int(v or 0) for v in usage),
+                    summary=Summary.from_json(summary) if summary else None,
                 )
             # Another process is answering in this channel: wait for it, in order.
             if time.monotonic() > deadline:
@@ -262,6 +336,7 @@ class Store:
                     *(t.to_json() for t in turns),
                 )
                 self._add_usage(pipe, usage)
+                self._keep_summary(pipe, place.channel_id)
                 pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
                 return await pipe.execute()
 
@@ -284,9 +359,19 @@ class Store:
 
         await self._call(write)
 
+    def _keep_summary(self, pipe: Any, channel_id: int) -> None:
+        """The summary lives as long as the history it continues (same TTL refresh)."""
+        key = self.keys.summary(channel_id)
+        if self.retention_s > 0:
+            pipe.expire(key, self.retention_s)
+        else:
+            pipe.persist(key)
+
     def _add_usage(self, pipe: Any, rec: UsageRecord) -> None:
         day = utc_day()
-        scopes = [("user", rec.user_id), ("channel", rec.channel_id)]
+        summary = rec.kind == "summary"
+        scopes = [] if summary else [("user", rec.user_id)]
+        scopes.append(("channel", rec.channel_id))
         if rec.guild_id:
             scopes.append(("server", rec.guild_id))
         est = "est_" if rec.usage.estimated else ""
@@ -294,10 +379,19 @@ class Store:
             key = self.keys.usage(scope, ident, day)
             pipe.hincrby(key, "prompt", rec.usage.prompt_tokens)
             pipe.hincrby(key, "completion", rec.usage.completion_tokens)
-            pipe.hincrby(key, "requests", 1)
+            if summary:  # also in the totals above; these say how much of them
+                pipe.hincrby(key, "summary_prompt", rec.usage.prompt_tokens)
+                pipe.hincrby(key, "summary_completion", rec.usage.completion_tokens)
+                pipe.hincrby(key, "summary_requests", 1)
+            else:
+                pipe.hincrby(key, "requests", 1)
             pipe.hincrby(key, f"{est}prompt|{rec.model}", rec.usage.prompt_tokens)
             pipe.hincrby(key, f"{est}completion|{rec.model}", rec.usage.completion_tokens)
             pipe.expire(key, USAGE_TTL)
+        if rec.guild_id and not summary:
+            users = self.keys.usage_users(rec.guild_id, day)
+            pipe.hincrby(users, str(rec.user_id), rec.usage.total)
+            pipe.expire(users, USAGE_TTL)
 
     # --- reset, personas, chat mode ----------------------------------------------------
 
@@ -312,13 +406,60 @@ class Store:
         async def clear() -> list[Any]:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.llen(hist)
-                pipe.delete(hist)
+                pipe.delete(hist, self.keys.summary(channel_id))
                 # A reply streaming now will see the new epoch and not write its turns back.
                 pipe.incr(epoch)
                 pipe.expire(epoch, DAY)
                 return await pipe.execute()
 
         return int((await self._call(clear))[0])
+
+    # --- rolling summary ---------------------------------------------------------------
+
+    async def snapshot(self, channel_id: int) -> Snapshot:
+        """History, summary and epoch as of one instant (one MULTI, one slot)."""
+        k = self.keys
+
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lrange(k.history(channel_id), 0, -1)
+                pipe.get(k.summary(channel_id))
+                pipe.get(k.epoch(channel_id))
+                return await pipe.execute()
+
+        raw_history, raw_summary, epoch = await self._call(load)
+        return Snapshot(list(raw_history), raw_summary or "", epoch or "")
+
+    async def fold(self, channel_id: int, seen: Snapshot, count: int, summary: Summary) -> bool:
+        """Drop the oldest `count` turns of `seen` and store `summary` in their place,
+        atomically, if the channel is still as `seen`. False: it changed; nothing written.
+        """
+        k = self.keys
+        dropped = seen.raw_history[:count]
+        if count <= 0 or len(dropped) != count:
+            raise ValueError(f"cannot fold {count} of {len(seen.raw_history)} turns")
+        keys = [k.history(channel_id), k.summary(channel_id), k.epoch(channel_id)]
+        args: list[str | int] = [
+            seen.epoch,
+            seen.raw_summary,
+            summary.to_json(),
+            self.retention_s,
+            *dropped,
+        ]
+        done = await self._call(lambda: self._fold(keys=keys, args=args))
+        return bool(done)
+
+    async def claim_summarizing(self, channel_id: int, token: str, lease_s: float) -> bool:
+        """Take the channel's summarising lease, so two processes don't both do the work."""
+        key = self.keys.summarizing(channel_id)
+        got = await self._call(
+            lambda: self.redis.set(key, token, nx=True, px=max(1, int(lease_s * 1000)))
+        )
+        return bool(got)
+
+    async def release_summarizing(self, channel_id: int, token: str) -> None:
+        key = self.keys.summarizing(channel_id)
+        await self._call(lambda: self._release(keys=[key], args=[token]))
 
     def _persona_key(self, scope: str, ident: int) -> str:
         if scope == "server":
@@ -368,6 +509,59 @@ class Store:
     async def set_chat_mode(self, channel_id: int, on: bool) -> None:
         key = self.keys.chat_mode(channel_id)
         await self._call(lambda: self.redis.set(key, "1") if on else self.redis.delete(key))
+
+    # --- model choice (/model) ----------------------------------------------------------
+
+    def _model_key(self, scope: str, ident: int) -> str:
+        if scope == "server":
+            return self.keys.guild_model(ident)
+        return self.keys.channel_model(ident)
+
+    async def set_model(self, scope: str, ident: int, name: str) -> None:
+        key = self._model_key(scope, ident)
+        await self._call(lambda: self.redis.set(key, name))
+
+    async def clear_model(self, scope: str, ident: int) -> bool:
+        key = self._model_key(scope, ident)
+        return bool(await self._call(lambda: self.redis.delete(key)))
+
+    async def model_layers(self, place: Place) -> ModelLayers:
+        """One round trip for the channel's, its parent's and its server's choice."""
+        k = self.keys
+        keys = [k.channel_model(place.channel_id)]
+        if place.parent_id:
+            keys.append(k.channel_model(place.parent_id))
+        if place.guild_id:
+            keys.append(k.guild_model(place.guild_id))
+
+        async def load() -> list[Any]:
+            # Separate GETs, not MGET: the keys live in different cluster slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                return await pipe.execute()
+
+        values = iter([_s(v) if v else None for v in await self._call(load)])
+        return ModelLayers(
+            channel=next(values),
+            parent=next(values) if place.parent_id else None,
+            guild=next(values) if place.guild_id else None,
+        )
+
+    async def usage_users(self, guild_id: int, days: list[str]) -> dict[int, int]:
+        """Tokens per user in a server, summed over `days`."""
+
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hgetall(self.keys.usage_users(guild_id, day))
+                return await pipe.execute()
+
+        totals: dict[int, int] = {}
+        for row in await self._call(load):
+            for user, tokens in row.items():
+                totals[int(_s(user))] = totals.get(int(_s(user)), 0) + int(tokens)
+        return totals
 
     async def usage_days(self, scope: str, ident: int, days: list[str]) -> list[dict[str, int]]:
         """Raw per-day usage hashes for one user, channel or server."""
