@@ -252,9 +252,9 @@ async def test_budget_global_rate_and_burst_in_real_time() -> None:
 
 async def test_budget_head_start_for_first_messages_never_exceeds_per_second() -> None:
     """Ten first messages at once (replies starting together), yet no second holds
-    more than 45 grants, and other requests get no head start."""
+    more than 40 grants, and other requests get no head start."""
     clock = FakeClock()
-    budget = RateBudget(rate=40.0, burst=5.0, head_start=5.0, per_second=45, clock=clock)
+    budget = RateBudget(rate=40.0, burst=5.0, head_start=5.0, per_second=40, clock=clock)
     for i in range(5):
         await budget.acquire(f"edit:{i}")
     edit = budget.request("edit:y", 0.0)
@@ -274,8 +274,29 @@ async def test_budget_head_start_for_first_messages_never_exceeds_per_second() -
     assert len(grants) == 60
     every = [t0 - 0.125] * 5 + grants  # the five edits count too
     for start in every:
-        assert sum(start <= t < start + 1.0 for t in every) <= 45
-    assert grants[30] - t0 < 0.6  # 10 at once, then 40/s
+        assert sum(start <= t < start + 1.0 for t in every) <= 40
+    assert grants[29] - t0 < 0.6  # 10 at once, then 40/s until the second is full
+
+
+async def test_budget_counts_requests_in_flight_until_released() -> None:
+    """A granted request may reach Discord any time until it ends: with `per_second`
+    it counts until `release`, then for one more second."""
+    clock = FakeClock()
+    budget = RateBudget(rate=100.0, burst=10.0, per_second=3, clock=clock)
+    for i in range(3):
+        await budget.acquire(f"edit:{i}", tracked=True)
+    assert budget.in_flight == 3
+    clock.advance(5.0)  # long in flight (a slow Discord, or a busy loop): still counted
+    late = budget.request("edit:x", 0.0, tracked=True)
+    await asyncio.sleep(0)
+    assert not late.done()
+    budget.release()  # ended now: counts for one more second
+    await asyncio.sleep(0)
+    assert not late.done()
+    clock.advance(1.01)
+    budget.pump()
+    await asyncio.sleep(0)
+    assert late.done() and budget.in_flight == 3
 
 
 async def test_observe_remaining_zero_holds_bucket_until_reset() -> None:

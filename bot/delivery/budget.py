@@ -36,22 +36,29 @@ def head_start_for(rate: float, burst: float = DEFAULT_BURST) -> float:
     messages go out at once instead of five, then one every 25 ms. Only first messages
     get it: a burst of 10 for every request let the bucket refill to 10 whenever the
     streams' edits waited for their channels, and the bunched requests earned global
-    429s at 200 channels. Pair it with ``per_second=rate + burst`` so no second holds
-    more requests than before.
+    429s at 200 channels. Pair it with `per_second` and tracked requests (`release`):
+    a cap on grants alone did not stop global 429s when 200 replies started together,
+    because a busy event loop sends requests granted over more than a second within one.
     """
     return max(0.0, DISCORD_GLOBAL_RATE - rate - burst)
 
 
 class _Waiter:
-    __slots__ = ("bucket", "first", "fut", "priority")
+    __slots__ = ("bucket", "first", "fut", "priority", "tracked")
 
     def __init__(
-        self, bucket: str, priority: float, fut: asyncio.Future[None], first: bool = False
+        self,
+        bucket: str,
+        priority: float,
+        fut: asyncio.Future[None],
+        first: bool = False,
+        tracked: bool = False,
     ) -> None:
         self.bucket = bucket
         self.priority = priority
         self.fut = fut
         self.first = first
+        self.tracked = tracked
 
 
 class _Bucket:
@@ -72,8 +79,8 @@ class RateBudget:
     * Global: a token bucket of `rate` grants/s with `burst` tokens, so any 1-second
       window holds at most ``rate + burst`` requests (Discord allows 50/s per bot).
       A reply's first message (``first=True``) may also spend `head_start` tokens
-      beyond the bucket (see `head_start_for`); `per_second` caps the grants in any
-      second all the same.
+      beyond the bucket (see `head_start_for`). `per_second` caps what can reach
+      Discord in any second, counting tracked requests until they end (`release`).
     * Per bucket: at most `bucket_limit` grants per `bucket_period` seconds (sliding
       window) for buckets Discord has not told us about; once `observe` has seen a
       bucket's headers, its remaining count and reset time rule instead, and
@@ -111,10 +118,14 @@ class RateBudget:
         self.granted = 0  # total grants, for tests and metrics
         self.head_start = head_start
         self._tokens = burst
-        # Grant times of the last second, when `per_second` caps them.
-        self._second: deque[float] | None = None
-        if per_second is not None and per_second < rate + burst + head_start:
-            self._second = deque(maxlen=max(1, int(per_second)))
+        # `per_second`: requests that may have reached Discord within the last second,
+        # counted as those in flight (granted, `release` not called yet) plus those that
+        # ended (or, untracked, were granted) less than a second ago. A request reaches
+        # Discord before it ends, so this bounds what Discord counts however late
+        # granted requests actually go out (a busy event loop bunches them).
+        self.per_second = per_second
+        self.in_flight = 0
+        self._second: deque[float] = deque()
         self._stamp = clock()
         self._hold_until = 0.0
         self._ready: list[tuple[float, int, _Waiter]] = []  # by priority
@@ -136,24 +147,48 @@ class RateBudget:
         return any(not w.fut.done() for _, _, w in self._ready)
 
     async def acquire(
-        self, bucket: str, priority: float | None = None, *, first: bool = False
+        self,
+        bucket: str,
+        priority: float | None = None,
+        *,
+        first: bool = False,
+        tracked: bool = False,
     ) -> None:
         """Wait for a grant to make one request in `bucket` (`first`: a reply's first
-        message, which may use the head start)."""
+        message, which may use the head start; `tracked`: the caller calls `release`
+        once the request has ended, sent or not)."""
         now = self.clock()
         if priority is None:
             priority = now
-        if not self._ready and self._take(bucket, now, first):
+        if not self._ready and self._take(bucket, now, first, tracked):
             return  # fast path: nobody waiting, no future needed
-        await self.request(bucket, priority, first=first)
+        fut = self.request(bucket, priority, first=first, tracked=tracked)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if tracked and fut.done() and not fut.cancelled():
+                self.release()  # granted, but the caller will never send it
+            raise
 
-    def request(self, bucket: str, priority: float, *, first: bool = False) -> asyncio.Future[None]:
-        """A future resolved when the grant is given; cancel it to withdraw the request."""
+    def request(
+        self, bucket: str, priority: float, *, first: bool = False, tracked: bool = False
+    ) -> asyncio.Future[None]:
+        """A future resolved when the grant is given; cancel it to withdraw the request.
+        With `tracked`, call `release` once a granted request has ended."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         seq = next(self._seq)
-        heapq.heappush(self._ready, (priority, seq, _Waiter(bucket, priority, fut, first)))
+        waiter = _Waiter(bucket, priority, fut, first, tracked)
+        heapq.heappush(self._ready, (priority, seq, waiter))
         self.pump()
         return fut
+
+    def release(self) -> None:
+        """A tracked request has ended (answered, failed, or not sent after all)."""
+        self.in_flight -= 1
+        if self.per_second is not None:
+            self._second.append(self.clock())
+        if self._ready:
+            self.pump()
 
     def observe(self, bucket: str, remaining: int, reset_after: float) -> None:
         """Learn a bucket's state from Discord's X-RateLimit-Remaining / -Reset-After."""
@@ -200,7 +235,7 @@ class RateBudget:
             if self._tokens < self._floor(w.first) or self._second_full(now):
                 break
             heapq.heappop(ready)
-            self._grant(w.bucket, now)
+            self._grant(w.bucket, now, w.tracked)
             w.fut.set_result(None)
         while ready and ready[0][2].fut.done():
             heapq.heappop(ready)
@@ -209,9 +244,8 @@ class RateBudget:
             floor = self._floor(ready[0][2].first)
             need = (floor - self._tokens) / self.rate if self._tokens < floor else 0.0
             wake = max(self._hold_until, now + need)
-            if self._second_full(now):
-                assert self._second is not None
-                wake = max(wake, self._second[0] + 1.0)
+            if self._second_full(now) and self._second:
+                wake = max(wake, self._second[0] + 1.0)  # else a `release` pumps
         if parked:
             wake = min(wake, max(parked[0][0], self._hold_until))
         self._arm(wake, now)
@@ -243,7 +277,7 @@ class RateBudget:
         """Tokens needed for a grant: one, or less for a first message's head start."""
         return 1.0 - self.head_start if first else 1.0
 
-    def _take(self, bucket: str, now: float, first: bool = False) -> bool:
+    def _take(self, bucket: str, now: float, first: bool = False, tracked: bool = False) -> bool:
         """Grant immediately if allowed (caller checked nobody waits)."""
         if now < self._hold_until:
             return False
@@ -254,13 +288,15 @@ class RateBudget:
             or self._bucket_opens(bucket, now) > now
         ):
             return False
-        self._grant(bucket, now)
+        self._grant(bucket, now, tracked)
         return True
 
-    def _grant(self, bucket: str, now: float) -> None:
+    def _grant(self, bucket: str, now: float, tracked: bool = False) -> None:
         self._tokens -= 1.0
         self.granted += 1
-        if self._second is not None:
+        if tracked:
+            self.in_flight += 1
+        elif self.per_second is not None:
             self._second.append(now)
         b = self._bucket(bucket)
         b.recent.append(now)
@@ -270,9 +306,13 @@ class RateBudget:
             self._prune(now)
 
     def _second_full(self, now: float) -> bool:
-        """True while the last second already holds `per_second` grants."""
+        """True while `per_second` requests may have reached Discord in the last second."""
+        if self.per_second is None:
+            return False
         s = self._second
-        return s is not None and len(s) == s.maxlen and s[0] > now - 1.0
+        while s and s[0] <= now - 1.0:
+            s.popleft()
+        return len(s) + self.in_flight >= self.per_second
 
     def _bucket(self, key: str) -> _Bucket:
         b = self._buckets.get(key)

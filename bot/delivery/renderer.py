@@ -306,15 +306,18 @@ class ReplyRenderer:
         """
         due = self._clock() + self.typing_delay
         while await self._before_text(None, due):
-            grant = self.budget.request(self.sink.bucket("typing"), self._clock())
+            bucket = self.sink.bucket("typing")
+            grant = self.budget.request(bucket, self._clock(), tracked=True)
             try:
                 if not await self._before_text(grant, math.inf):
                     return
+                self.stats.typing += 1
+                await self._call(self.sink.typing())
             finally:
                 if not grant.done():
                     grant.cancel()
-            self.stats.typing += 1
-            await self._call(self.sink.typing())
+                elif not grant.cancelled():
+                    self.budget.release()
             due = self._clock() + self.typing_interval
 
     async def _before_text(self, fut: asyncio.Future[None] | None, until: float) -> bool:
@@ -419,7 +422,14 @@ class ReplyRenderer:
     async def _perform(self, kind: str, index: int) -> None:
         priority = self._unseen_since if self._unseen_since is not None else self._clock()
         first = kind == "send" and index == 0  # may use the budget's head start
-        await self.budget.acquire(self.sink.bucket(kind), priority, first=first)
+        await self.budget.acquire(self.sink.bucket(kind), priority, first=first, tracked=True)
+        try:
+            await self._granted(kind, index)
+        finally:
+            self.budget.release()
+
+    async def _granted(self, kind: str, index: int) -> None:
+        """Make the request the budget granted, with the newest text."""
         desired = self._plan()  # the newest text, whatever arrived while waiting
         content = desired[index]
         buttons = self._buttons_for(index, desired)
