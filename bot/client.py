@@ -28,7 +28,16 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.chat", "cogs.persona", "cogs.admin", "cogs.usage", "cogs.memory", "cogs.model")
+EXTENSIONS = (
+    "cogs.chat",
+    "cogs.persona",
+    "cogs.admin",
+    "cogs.usage",
+    "cogs.memory",
+    "cogs.model",
+    "cogs.thinking",
+    "cogs.tools",
+)
 
 # What the bot needs, and why: read and answer in channels and threads, edit its own
 # streamed replies, show typing, and register slash commands.

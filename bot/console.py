@@ -20,6 +20,7 @@ from bot.chat.usage import summary_line
 from bot.errors import BotError, user_message
 from bot.models import Place, Speaker
 from bot.services import Services
+from bot.tools.loop import ToolStep, step_line
 
 HELP = """Commands:
   /persona                 show the persona in use
@@ -33,6 +34,8 @@ HELP = """Commands:
   /memory                  what this channel remembers: messages, what fits, the summary
   /export PATH             save the conversation as PATH.md and PATH.json
   /quit                    leave (Ctrl-D works too)"""
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 # Console channels get ids far from Discord's snowflakes so they never collide.
 CONSOLE_ID_BASE = 1 << 62
@@ -86,9 +89,22 @@ class Console:
     async def chat(self, text: str) -> None:
         self.say("bot> ", end="")
         conv = self.services.conversations
+        thinking = _Thinking(self)
         async with conv.reply(self.place, self.speaker, text) as reply:
+            reply.on_thinking = thinking
+            shown: set[int] = set()
+
+            def steps(done: list[ToolStep]) -> None:
+                for i, step in enumerate(done):
+                    if step.state != "running" and i not in shown:
+                        shown.add(i)
+                        self.say(f"[{step_line(step).removeprefix('-# ')}] ", end="")
+
+            reply.on_tool_steps = steps
             async for delta in reply:
+                thinking.end()
                 self.say(delta, end="")
+        thinking.end()
         self.say()
         for note in reply.outcome.notes if reply.outcome else []:
             self.say(f"[{note}]")
@@ -174,6 +190,28 @@ def _write_export(path: str, exported: memory.Export) -> list[str]:
         target.write_text(text, encoding="utf-8")
         written.append(str(target))
     return written
+
+
+class _Thinking:
+    """A model's thinking in the terminal: dimmed on a terminal, else one line saying so."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.tty = console.out.isatty()
+        self.open = False
+
+    def __call__(self, piece: str) -> None:
+        if self.tty:
+            self.console.say(DIM + piece + RESET, end="")
+        elif not self.open:
+            self.console.say("(thinking...)", end="")
+        self.open = True
+
+    def end(self) -> None:
+        """The answer starts: continue on a fresh `bot>` line."""
+        if self.open:
+            self.open = False
+            self.console.say("\nbot> ", end="")
 
 
 async def _read_line(prompt: str) -> str | None:

@@ -24,6 +24,7 @@ from bot.chat.memory import MemoryService
 from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import PersonaService
 from bot.chat.summary import SummaryService, summary_llm_config
+from bot.chat.thoughts import ThoughtsService
 from bot.chat.usage import UsageService
 from bot.config import Config
 from bot.delivery.gate import Cooldown
@@ -33,6 +34,8 @@ from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store
 from bot.ops.metrics import Metrics
+from bot.tools.control import ToolService
+from bot.tools.mcp import ToolManager
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class Services:
     embedded_redis: EmbeddedRedis | None
     summaries: SummaryService
     memory: MemoryService
+    thoughts: ThoughtsService
+    tools: ToolService | None = None
 
 
 async def wait_for_redis(
@@ -165,6 +170,11 @@ async def open_services(
         # Closed before the session and Redis (the stack unwinds in reverse).
         stack.push_async_callback(summaries.close)
         personas = PersonaService(store, config.persona)
+        # MCP tool servers start with the bot (and keep retrying in the background).
+        manager = ToolManager(config.mcp)
+        stack.push_async_callback(manager.stop)
+        await manager.start()
+        tools = ToolService(manager, store, config.mcp)
         yield Services(
             config=config,
             store=store,
@@ -181,6 +191,7 @@ async def open_services(
                 summaries=summaries,
                 models=models,
                 choices=model_choice,
+                tools=tools,
             ),
             personas=personas,
             usage=usage,
@@ -196,4 +207,6 @@ async def open_services(
                 llm_config=default_llm,
                 summaries=summaries,
             ),
+            thoughts=ThoughtsService(store),
+            tools=tools,
         )

@@ -93,6 +93,8 @@ class ReplyRenderer:
       (split by `plan_split`); earlier parts get one final edit without the marker;
     * `set_buttons` puts buttons under the reply's last message (earlier parts have
       none); a change is shown with the next edit, paced like text;
+    * `set_status` shows a line (e.g. "💭 Thinking… 14 s") as the reply while it has no
+      text yet, sent and updated like text; the first text replaces it;
     * a failing Sink call is retried with the newest text on a later cycle; after
       `max_failures` consecutive failures that message is given up (a failed send ends
       the stream), so `finish()` and `fail()` always return, at the latest after
@@ -130,9 +132,10 @@ class ReplyRenderer:
         self._length = 0
         self._parts: list[Part] = []
         self._desired: list[str] = []
-        self._desired_key: tuple[int, bool] = (-1, False)
+        self._desired_key: tuple[int, bool, str | None] = (-1, False, None)
         self._msgs: list[_Message] = []
         self._buttons: tuple[Button, ...] = ()
+        self._status: str | None = None
         self._closing = False
         self._note: str | None = None
         self._broken = False
@@ -143,7 +146,9 @@ class ReplyRenderer:
         self._waiter: asyncio.Future[None] | None = None
         self._wake_len = 0  # push wakes the task only once the text is longer than this
         self._task: asyncio.Task[None] | None = None
-        # Set by the first text or the end: level-triggered, so no wake-up can be lost.
+        self._header = ""  # shown above the text in the first message (see set_header)
+        # Set by the first text, a status or the end: level-triggered, so no wake-up
+        # can be lost.
         self._started = asyncio.Event()
         self._typing_task: asyncio.Task[None] | None = None
         try:
@@ -189,12 +194,49 @@ class ReplyRenderer:
         if self._task is None:
             self._start()
 
+    def set_header(self, header: str) -> None:
+        """Show `header` (e.g. the tool steps) above the text, at the top of the first
+        message; it is not part of `text`. Split and paced like text; ignored once
+        finishing."""
+        if header == self._header or self._closing:
+            return
+        old = len(self._header) + 1 if self._header else 0
+        self._header = header
+        self._length += (len(header) + 1 if header else 0) - old
+        # The text no longer extends the previous one: plan the split afresh.
+        self._splitter = IncrementalSplitter(self.limit)
+        self._desired_key = (-1, *self._desired_key[1:])  # re-plan whatever the key holds
+        now = self._clock()
+        if self._since_snapshot is None:
+            self._since_snapshot = now
+        if self._unseen_since is None:
+            self._unseen_since = now
+        if self._task is None:
+            self._start()
+        self._wake()
+
     def set_buttons(self, buttons: tuple[Button, ...]) -> None:
         """Show `buttons` under the reply's last message from the next edit on (also
         once finishing: set the final buttons before `finish()`)."""
         if buttons == self._buttons:
             return
         self._buttons = buttons
+        if self._task is None:
+            self._start()
+        self._wake()
+
+    def set_status(self, text: str | None) -> None:
+        """Show `text` as the reply until its first text arrives (None: no status).
+
+        Why: a thinking model can be silent in the channel for minutes; a status
+        message shows it is working. Changes go out as ordinary paced edits.
+        """
+        text = text[: self.limit] if text else None
+        if text == self._status:
+            return
+        self._status = text
+        if text is not None:
+            self._started.set()  # something is shown: no typing indicator any more
         if self._task is None:
             self._start()
         self._wake()
@@ -241,13 +283,16 @@ class ReplyRenderer:
 
     def _plan(self) -> list[str]:
         """Desired content of every message for the newest text (cached per length)."""
-        key = (self._length, self._closing)
+        key = (self._length, self._closing, self._status)
         if key == self._desired_key:
             return self._desired
-        parts = self._parts = self._splitter.split(self._text())
+        text = f"{self._header}\n{self._text()}" if self._header else self._text()
+        parts = self._parts = self._splitter.split(text)
         out = [p.body for p in parts]
         if not self._closing:
-            if parts:
+            if not parts and self._status:
+                out = [self._status]
+            elif parts:
                 last = parts[-1]
                 out[-1] = self._fit(last.body + last.closer + self.marker, last.body + last.closer)
         elif self._note is not None:

@@ -30,10 +30,12 @@ __all__ = [
     "Finish",
     "Malformed",
     "ModelName",
+    "ReasoningDelta",
     "SSEEvent",
     "SSEParser",
     "StreamError",
     "TextDelta",
+    "ToolCallDelta",
     "Usage",
     "parse_payload",
 ]
@@ -157,6 +159,25 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Thinking from a reasoning field (`reasoning_content`, `reasoning`,
+    `reasoning_details`); inline `<think>` tags arrive as `TextDelta`s."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first of an `index` usually carries `id` and
+    `name`, later ones only more `arguments` text (see `bot.llm.toolcalls`)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: str
 
@@ -199,7 +220,17 @@ class Done:
     """The `data: [DONE]` sentinel."""
 
 
-ChatEvent = TextDelta | Finish | Usage | ModelName | StreamError | Malformed | Done
+ChatEvent = (
+    TextDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | Finish
+    | Usage
+    | ModelName
+    | StreamError
+    | Malformed
+    | Done
+)
 
 _DONE = Done()
 
@@ -229,6 +260,51 @@ def _stream_error(err: Any) -> StreamError:
             type=str(etype) if etype is not None else None,
         )
     return StreamError(message=_short(str(err)))
+
+
+def _reasoning(delta: dict[str, Any]) -> str:
+    """Thinking text of one delta, wherever the server put it.
+
+    OpenRouter sends the same text in `reasoning` and `reasoning_details`: the latter is
+    read only when the former is missing (summaries count; encrypted entries do not).
+    """
+    for key in ("reasoning_content", "reasoning"):
+        value = delta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    details = delta.get("reasoning_details")
+    if not isinstance(details, list):
+        return ""
+    texts = []
+    for item in details:
+        if isinstance(item, dict):
+            text = item.get("text", item.get("summary"))
+            if isinstance(text, str):
+                texts.append(text)
+    return "".join(texts)
+
+
+def _tool_call_deltas(calls: Any) -> list[ToolCallDelta]:
+    """`delta.tool_calls` (or a whole message's `tool_calls`), read defensively."""
+    out: list[ToolCallDelta] = []
+    for pos, call in enumerate(calls if isinstance(calls, list) else ()):
+        if not isinstance(call, dict):
+            continue
+        index = _as_int(call.get("index"))
+        fn = call.get("function")
+        fn = fn if isinstance(fn, dict) else {}
+        call_id, name, args = call.get("id"), fn.get("name"), fn.get("arguments")
+        if isinstance(args, dict | list):  # a few servers send the arguments as JSON
+            args = json.dumps(args)
+        out.append(
+            ToolCallDelta(
+                index=pos if index is None else index,
+                id=call_id if isinstance(call_id, str) and call_id else None,
+                name=name if isinstance(name, str) and name else None,
+                arguments=args if isinstance(args, str) else "",
+            )
+        )
+    return out
 
 
 def parse_payload(data: str, event: str = "message") -> list[ChatEvent]:
@@ -263,9 +339,13 @@ def parse_payload(data: str, event: str = "message") -> list[ChatEvent]:
             if not isinstance(delta, dict):
                 delta = choice.get("message")  # a few servers send message-shaped chunks
             if isinstance(delta, dict):
+                reasoning = _reasoning(delta)
+                if reasoning:
+                    out.append(ReasoningDelta(reasoning))
                 content = delta.get("content")
                 if isinstance(content, str) and content:
                     out.append(TextDelta(content))
+                out.extend(_tool_call_deltas(delta.get("tool_calls")))
             else:
                 text = choice.get("text")  # legacy completions shape
                 if isinstance(text, str) and text:
