@@ -15,6 +15,7 @@ from bot.errors import QuotaExceeded
 from bot.memory.redis_server import EmbeddedRedis
 from tests.harness import MARKER, BotHarness, running_bot
 from tests.reliability_report import measure, reliability_report  # noqa: F401
+from tests.standin.latency import Latency
 from tests.standin.llm_api import Behavior, LLMStandIn
 
 
@@ -65,10 +66,13 @@ async def test_flood_is_throttled_and_others_unaffected(
         assert len(turns) == 8 and ("user", "bob is here too") in turns
 
 
+@pytest.mark.parametrize("latency", ["none", "realistic"], indirect=True)
 async def test_daily_token_quota_refusal(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, latency: Latency | None
 ) -> None:
-    async with running_bot(redis_server.url, overrides={"usage": {"daily_token_quota": 20}}) as h:
+    async with running_bot(
+        redis_server.url, overrides={"usage": {"daily_token_quota": 20}}, latency=latency
+    ) as h:
         bob = h.discord.add_user("bob", guild_id=h.guild)
         await h.discord.flush()
         await h.ask("first question")  # about 25 tokens: the quota is spent

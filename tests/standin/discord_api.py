@@ -88,6 +88,7 @@ from .discord_models import (
     validate_message_fields,
     validate_modal,
 )
+from .latency import Latency
 
 __all__ = [
     "CallbackRecord",
@@ -379,6 +380,7 @@ class DiscordStandIn:
         dispatch_own_messages: bool = True,
         privileged_intents_allowed: bool = True,
         host: str = "127.0.0.1",
+        delays: Latency | None = None,
     ) -> None:
         self.token = token
         self.host = host
@@ -392,10 +394,13 @@ class DiscordStandIn:
         self.interaction_token_ttl = interaction_token_ttl
         self.dispatch_own_messages = dispatch_own_messages
         self.latency = 0.0
+        #: Per-route acknowledgement delay and gateway dispatch delay (see latency.py).
+        self.delays = delays or Latency()
         self.gateway = Gateway(
             self,
             heartbeat_interval=heartbeat_interval,
             privileged_intents_allowed=privileged_intents_allowed,
+            delays=self.delays,
         )
 
         self.application_id = application_id or self.ids.next()
@@ -1677,7 +1682,7 @@ class DiscordStandIn:
             json_body, uploads = await self._read_body(request)
             record.json = json_body
             record.files = [(u.field, u.filename, u.data) for u in uploads]
-            await self._apply_latency(method, path)
+            await self._apply_latency(method, path, route.key if route else None)
             if route is None:
                 if path_known:
                     raise ApiError(405, 0, "405: Method Not Allowed")
@@ -1767,8 +1772,8 @@ class DiscordStandIn:
         except ValueError:
             raise ApiError(400, 50109, "The request body contains invalid JSON.") from None
 
-    async def _apply_latency(self, method: str, path: str) -> None:
-        delay = self.latency
+    async def _apply_latency(self, method: str, path: str, route_key: str | None = None) -> None:
+        delay = self.latency + self.delays.for_route(route_key)
         for rule_method, pattern, seconds in self._latency_rules:
             if (rule_method is None or rule_method.upper() == method) and pattern.search(path):
                 delay += seconds
