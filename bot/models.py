@@ -26,6 +26,17 @@ class Speaker:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageRef:
+    """An image a user turn carries; its bytes live in Redis next to the history."""
+
+    id: str
+    name: str
+    mime: str
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """One stored message of a conversation."""
 
@@ -36,6 +47,8 @@ class Turn:
     author_id: int | None = None
     author_name: str | None = None
     message_id: int | None = None
+    # Images attached to a user turn (refs only: the bytes are stored separately).
+    images: tuple[ImageRef, ...] = ()
     # An answer that used tools: what the next turns should know of them (see bot.tools).
     tool_note: str | None = None
     # An answer the person stopped (Stop button): `content` is what they saw, cut short.
@@ -43,6 +56,8 @@ class Turn:
 
     def to_json(self) -> str:
         data = asdict(self)
+        if not self.images:
+            del data["images"]  # text-only turns are stored exactly as before
         if data["tool_note"] is None:
             del data["tool_note"]
         if not self.stopped:
@@ -60,6 +75,7 @@ class Turn:
             author_id=data.get("author_id"),
             author_name=data.get("author_name"),
             message_id=data.get("message_id"),
+            images=tuple(ImageRef(**i) for i in data.get("images") or ()),
             tool_note=data.get("tool_note"),
             stopped=bool(data.get("stopped", False)),
         )

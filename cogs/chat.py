@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 import discord
 from discord.ext import commands
 
+from bot.chat.attachments import Quoted, Source, url_fetch
 from bot.chat.controls import RunningReply
 from bot.chat.conversation import Reply
 from bot.client import ChatBot, bucket_key, place_of
@@ -150,7 +151,10 @@ class Chat(commands.Cog):
             role_ids=frozenset(r.id for r in roles),
             mentions_bot=any(u.id == me.id for u in message.mentions),
             replies_to_bot=isinstance(ref, discord.Message) and ref.author.id == me.id,
-            has_text=has_visible_text(text),
+            # An attachment alone is something to read, and so is a message replied to.
+            has_text=has_visible_text(text)
+            or bool(message.attachments)
+            or (isinstance(ref, discord.Message) and ref.author.id != me.id),
         )
 
     @commands.Cog.listener()
@@ -186,6 +190,24 @@ class Chat(commands.Cog):
         except discord.HTTPException as exc:
             log.warning("could not send a notice in %s: %s", message.channel.id, exc)
 
+    def sources(self, message: discord.Message) -> list[Source]:
+        """A message's files, fetched through the bot's one HTTP session when read."""
+        session = self.services.session
+        return [
+            Source(a.filename, url_fetch(session, a.url), a.size, a.content_type)
+            for a in message.attachments
+        ]
+
+    def quoted(self, message: discord.Message) -> Quoted | None:
+        """The message this one replies to, unless it is the bot's own."""
+        ref = message.reference
+        resolved = ref.resolved if ref else None
+        me = self.bot.user
+        if not isinstance(resolved, discord.Message) or me is None or resolved.author.id == me.id:
+            return None
+        text = readable_text(resolved, me.id)
+        return Quoted(resolved.id, resolved.author.display_name, text, self.sources(resolved))
+
     async def answer(
         self,
         message: discord.Message,
@@ -210,7 +232,14 @@ class Chat(commands.Cog):
             message,
             sink or DiscordSink(message),
             running,
-            lambda: conversation.reply(place, speaker, text, message_id=message.id),
+            lambda: conversation.reply(
+                place,
+                speaker,
+                text,
+                message_id=message.id,
+                files=self.sources(message),
+                quoted=self.quoted(message),
+            ),
             press=press,
         )
 
@@ -248,6 +277,10 @@ class Chat(commands.Cog):
                 await self.retire_previous(running, renderer)
                 if reply.outcome and reply.outcome.notes:
                     await self.notice(question, "\n".join(f"-# {n}" for n in reply.outcome.notes))
+            except EmptyMessage as exc:  # e.g. only a file that could not be read
+                await self.notice(
+                    question, "\n".join([exc.user_text, *(f"-# {n}" for n in exc.notes)])
+                )
             except asyncio.CancelledError as exc:
                 renderer.set_buttons(running.buttons_when_failed(exc))
                 await renderer.fail(INTERRUPTED)

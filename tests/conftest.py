@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 
 from bot.memory.redis_server import EmbeddedRedis
 from bot.ops import logs
+from tests.harness import LATENCIES
+from tests.standin.latency import Latency
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,10 @@ def restore_logging() -> Iterator[None]:
     for name, lvl in noisy.items():
         logging.getLogger(name).setLevel(lvl)
     logging.captureWarnings(False)
+
+
+@pytest.fixture(params=["none"])
+def latency(request: pytest.FixtureRequest) -> Latency | None:
+    """Discord stand-in latency for `running_bot`; a test runs with both by
+    ``@pytest.mark.parametrize("latency", ["none", "realistic"], indirect=True)``."""
+    return LATENCIES[request.param]()

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -76,6 +76,35 @@ if tonumber(ARGV[5]) > 0 then
 end
 return {1, redis.call('llen', KEYS[1])}
 """
+# Store a turn's images next to the history (unless the channel was reset, as above) and
+# drop images no stored turn refers to any more (trimmed away). Runs right after _APPEND
+# in the same MULTI, so a turn and its images are written together or not at all.
+# KEYS: images, history, epoch. ARGV: epoch at load, TTL s (0: keep), id, data, id, data...
+_IMAGES = """
+local epoch = redis.call('get', KEYS[3])
+if epoch and epoch ~= ARGV[1] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+local used = {}
+for _, raw in ipairs(redis.call('lrange', KEYS[2], 0, -1)) do
+  if string.find(raw, '"images"', 1, true) then
+    local ok, turn = pcall(cjson.decode, raw)
+    if ok and type(turn.images) == 'table' then
+      for _, img in ipairs(turn.images) do used[img.id] = true end
+    end
+  end
+end
+local dropped = 0
+for _, id in ipairs(redis.call('hkeys', KEYS[1])) do
+  if not used[id] then redis.call('hdel', KEYS[1], id); dropped = dropped + 1 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('expire', KEYS[1], ARGV[2])
+else
+  redis.call('persist', KEYS[1])
+end
+return dropped
+"""
 # Replace the oldest turns by the summary that covers them, in one step, only if nothing
 # changed since they were read: same reset epoch, same summary, and the history still
 # starts with exactly those turns. So a concurrent reply (it appends at the end), a /reset
@@ -114,6 +143,10 @@ class Keys:
 
     def history(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:history"
+
+    def images(self, channel_id: int) -> str:
+        """Hash: image id -> base64 bytes of the images the history's turns refer to."""
+        return f"{self.prefix}:{{c{channel_id}}}:images"
 
     def lock(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:lock"
@@ -345,10 +378,17 @@ class Store:
             delay = min(delay * 1.5, 0.5)
 
     async def commit(
-        self, place: Place, turns: list[Turn], usage: UsageRecord, lock: TurnLock
+        self,
+        place: Place,
+        turns: list[Turn],
+        usage: UsageRecord,
+        lock: TurnLock,
+        images: Mapping[str, str] | None = None,
     ) -> int:
         """Append the turns, trim, count usage, refresh TTLs and release the lock, atomically.
 
+        `images` (id -> base64) are the bytes of images the turns refer to; None (no
+        images here at all) skips storing them and pruning those of trimmed turns.
         Returns the history length after trimming.
         """
         k = self.keys
@@ -366,6 +406,17 @@ class Store:
                     self.retention_s,
                     *(t.to_json() for t in turns),
                 )
+                if images is not None:
+                    pipe.eval(
+                        _IMAGES,
+                        3,
+                        k.images(place.channel_id),
+                        hist,
+                        k.epoch(place.channel_id),
+                        lock.epoch,
+                        self.retention_s,
+                        *(part for pair in images.items() for part in pair),
+                    )
                 self._add_usage(pipe, usage)
                 self._keep_summary(pipe, place.channel_id)
                 pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
@@ -481,9 +532,18 @@ class Store:
                 # A reply streaming now will see the new epoch and not write its turns back.
                 pipe.incr(epoch)
                 pipe.expire(epoch, DAY)
+                pipe.delete(self.keys.images(channel_id))
                 return await pipe.execute()
 
         return int((await self._call(clear))[0])
+
+    async def images(self, channel_id: int, ids: list[str]) -> dict[str, str]:
+        """Stored images (base64) by id; ids whose image is gone are left out."""
+        if not ids:
+            return {}
+        key = self.keys.images(channel_id)
+        values = await self._call(lambda: self.redis.hmget(key, ids))
+        return {i: _s(v) for i, v in zip(ids, values, strict=True) if v}
 
     # --- rolling summary ---------------------------------------------------------------
 
@@ -518,7 +578,18 @@ class Store:
             *dropped,
         ]
         done = await self._call(lambda: self._fold(keys=keys, args=args))
+        if done:
+            await self._drop_images(channel_id, dropped)
         return bool(done)
+
+    async def _drop_images(self, channel_id: int, raw_turns: list[str]) -> None:
+        """Images of turns that left the history go with them."""
+        ids = [
+            ref.id for raw in raw_turns if '"images"' in raw for ref in Turn.from_json(raw).images
+        ]
+        if ids:
+            key = self.keys.images(channel_id)
+            await self._call(lambda: self.redis.hdel(key, *ids))
 
     async def claim_summarizing(self, channel_id: int, token: str, lease_s: float) -> bool:
         """Take the channel's summarising lease, so two processes don't both do the work."""
