@@ -114,12 +114,12 @@ class BotProcess:
         return self.proc.poll() is None
 
     def redis_server_pids(self) -> list[int]:
-        """The redis-server processes this bot started (its embedded Redis)."""
+        """The server processes this bot started (its embedded Redis: valkey-server)."""
         try:
             children = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        found = [c for c in children if "redis-server" in c.name()]
+        found = [c for c in children if c.name().endswith(("redis-server", "valkey-server"))]
         self._children += found
         return [c.pid for c in found]
 
