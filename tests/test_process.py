@@ -612,12 +612,6 @@ def test_two_processes_keep_the_shared_history_complete_and_in_pairs(
         assert [i for i in ids if i in mine] == mine
 
 
-@pytest.mark.xfail(
-    reason="bot/memory/store.py: the Redis channel lock has no fairness across processes; "
-    "a process re-takes it for its own queued messages before the other process's poll "
-    "(0.05-0.5 s) comes round, so answers follow arrival order only per process",
-    strict=False,
-)
 def test_two_processes_answer_a_shared_channel_in_arrival_order(shared_channel: Outcome) -> None:
     ids = [t.message_id for t in shared_channel.facts["history"][::2]]
     assert ids == sorted(ids)

@@ -117,7 +117,7 @@ async def test_concurrent_turns_in_one_channel_are_serialised_in_order(
     assert order == [0, 1, 2, 3, 4]
     contents = [t.content for t in await store.history(GUILD.channel_id)]
     assert contents == [x for i in range(5) for x in (f"q{i}", f"a{i}")]
-    assert store._local_locks == {}, "idle per-channel locks are dropped"
+    assert store._waiters == {}, "idle per-channel entries are dropped"
 
 
 async def test_lock_is_shared_across_processes(
