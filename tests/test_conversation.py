@@ -25,7 +25,6 @@ from bot.errors import (
     LLMTimeout,
     QuotaExceeded,
 )
-from bot.memory.redis_server import EmbeddedRedis
 from bot.models import Place, Speaker
 from bot.services import Services, open_services
 from tests.standin.llm_api import Behavior, LLMStandIn, count_prompt_tokens
@@ -66,9 +65,9 @@ async def llm() -> AsyncIterator[LLMStandIn]:
 
 @pytest.fixture
 async def services(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> AsyncIterator[Services]:
-    async with open_services(make_config(redis_server.url, llm.base_url)) as built:
+    async with open_services(make_config(redis_url, llm.base_url)) as built:
         yield built
 
 
@@ -232,11 +231,9 @@ async def test_length_finish_is_stored_with_a_note(services: Services, llm: LLMS
 
 
 async def test_quota_refuses_before_calling_the_model(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> None:
-    config = replace(
-        make_config(redis_server.url, llm.base_url), usage=UsageConfig(daily_token_quota=30)
-    )
+    config = replace(make_config(redis_url, llm.base_url), usage=UsageConfig(daily_token_quota=30))
     async with open_services(config) as services:
         await ask(services, HERE, ANN, "a question that uses up the small quota " * 3)
         calls = len(llm.chat_requests)
@@ -248,9 +245,9 @@ async def test_quota_refuses_before_calling_the_model(
 
 
 async def test_trimming_keeps_persona_within_budget(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> None:
-    config = make_config(redis_server.url, llm.base_url, context_tokens=600, max_tokens=100)
+    config = make_config(redis_url, llm.base_url, context_tokens=600, max_tokens=100)
     async with open_services(config) as services:
         for i in range(20):
             await ask(services, HERE, ANN, f"message {i} " + "filler words here " * 10)
@@ -263,9 +260,9 @@ async def test_trimming_keeps_persona_within_budget(
 
 
 async def test_retry_before_first_token(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> None:
-    config = make_config(redis_server.url, llm.base_url, max_retries=2)
+    config = make_config(redis_url, llm.base_url, max_retries=2)
     async with open_services(config) as services:
         llm.push(Behavior.error(503), Behavior.error(429, headers={"Retry-After": "0"}))
         assert await ask(services, HERE, ANN, "third time lucky") == "Echo: Ann: third time lucky"

@@ -17,6 +17,7 @@ from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store, UsageRecord
 from bot.models import Place, StoredPersona, TokenUsage, Turn
+from tests.cluster import connect
 
 COUNTER = TokenCounter()
 GUILD = Place(channel_id=10, channel_name="general", guild_id=1, guild_name="Guild")
@@ -121,10 +122,10 @@ async def test_concurrent_turns_in_one_channel_are_serialised_in_order(
 
 
 async def test_lock_is_shared_across_processes(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    redis_client: aioredis.Redis, redis_url: str, redis_backend: str
 ) -> None:
     """Two Store objects with separate connections stand in for two bot processes."""
-    other_client = aioredis.from_url(redis_server.url, decode_responses=True)
+    other_client = connect(redis_url, redis_backend)
     a, b = make_store(redis_client), make_store(other_client)
     events: list[str] = []
 

@@ -132,6 +132,8 @@ DISCORD_EPOCH_MS = 1_420_070_400_000
 USAGE_TTL = 40 * DAY
 # How long a turn's "already written here" guards live: far longer than any retry.
 GUARD_TTL = 3600
+# How long a cluster round trip is tried again while a failed primary is being replaced.
+FAILOVER_WAIT_S = 2.0
 # A waiting ticket leaves the line this long after its process stopped polling.
 TICKET_LEASE_MS = 5000
 # The longest pause between two polls of a waiting turn (a local release wakes it at once).
@@ -259,16 +261,29 @@ class Store:
         self.round_trips = 0  # counted for tests and benchmarks
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis round trip, turning connection trouble into MemoryUnavailable."""
+        """Run one Redis round trip, turning connection trouble into MemoryUnavailable.
+
+        On a cluster, a node that went away is usually replaced by its replica within
+        seconds, so the round trip is tried again for up to FAILOVER_WAIT_S first (every
+        store operation is safe to repeat: the writes are idempotent or guarded).
+        """
         self.round_trips += 1
-        try:
-            return await fn()
-        except UNAVAILABLE as exc:
-            # BusyLoadingError (Redis still reading its AOF) is a ConnectionError too.
-            if self.metrics is not None:
-                self.metrics.redis_error()
-            log.warning("Redis unavailable: %s", type(exc).__name__)
-            raise MemoryUnavailable(detail=str(exc)) from exc
+        give_up = time.monotonic() + (FAILOVER_WAIT_S if self.cluster else 0.0)
+        delay = 0.1
+        while True:
+            try:
+                return await fn()
+            except UNAVAILABLE as exc:
+                if time.monotonic() + delay < give_up:
+                    log.debug("Redis node unavailable (%s); trying again", type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                # BusyLoadingError (Redis still reading its AOF) is a ConnectionError too.
+                if self.metrics is not None:
+                    self.metrics.redis_error()
+                log.warning("Redis unavailable: %s", type(exc).__name__)
+                raise MemoryUnavailable(detail=str(exc)) from exc
 
     async def ping(self) -> bool:
         try:
@@ -430,17 +445,12 @@ class Store:
                 channel_part(pipe)
                 for scope, ident in self._other_scopes(usage):
                     self._queue_count(pipe, scope, ident, lock.token, fields)
-                return await pipe.execute(raise_on_error=not self.cluster)
+                results: list[Any] = await pipe.execute(raise_on_error=not self.cluster)
+            if isinstance(results[0], Exception):
+                raise results[0]  # the channel's part decides (repeating it is safe)
+            return results
 
         result = await self._call(write)
-        if isinstance(result[0], Exception):
-            if isinstance(result[0], UNAVAILABLE):
-                # Unknown whether it ran; a retry by the caller is safe (idempotent).
-                log.warning("Redis unavailable: %s", type(result[0]).__name__)
-                if self.metrics is not None:
-                    self.metrics.redis_error()
-                raise MemoryUnavailable(detail=str(result[0])) from result[0]
-            raise result[0]
         lock.held = False
         failed = [
             scope
