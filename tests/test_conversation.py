@@ -301,3 +301,10 @@ async def test_console_chat_uses_the_same_services(services: Services, llm: LLMS
 
 def test_bot_error_texts_are_plain() -> None:
     assert BotError().user_text
+
+
+async def test_cluster_mode_is_detected_from_the_url(
+    services: Services, redis_backend: str
+) -> None:
+    """`redis.cluster = "auto"`: a cluster node's URL gets the cluster client."""
+    assert services.store.cluster is (redis_backend == "cluster")

@@ -13,8 +13,8 @@ from tests.standin.llm_api import Behavior
 
 
 @pytest.fixture
-async def h(redis_client: aioredis.Redis, redis_server: EmbeddedRedis) -> AsyncIterator[BotHarness]:
-    async with running_bot(redis_server.url) as harness:
+async def h(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[BotHarness]:
+    async with running_bot(redis_url) as harness:
         yield harness
 
 
@@ -44,6 +44,7 @@ async def test_typing_while_waiting_for_the_first_token(h: BotHarness) -> None:
     assert typing_at < parts[0].history[0].time
 
 
+@pytest.mark.cluster
 async def test_memory_across_turns_and_isolation_between_channels(h: BotHarness) -> None:
     other = h.discord.add_channel(h.guild, "other")
     await h.discord.flush()
@@ -88,6 +89,7 @@ async def test_replying_to_the_bot_continues_the_conversation(h: BotHarness) -> 
     assert parts and parts[0].content == "Echo: alice: a follow-up"
 
 
+@pytest.mark.cluster
 async def test_persona_commands_change_the_system_prompt(h: BotHarness) -> None:
     record = await h.slash("persona set", {"text": "You are terse. Server {server}."})
     assert record.ephemeral and "Persona set" in record.content
@@ -142,6 +144,7 @@ async def test_persona_modal_autocomplete_and_thread_inheritance(h: BotHarness) 
     assert h.llm.chat_requests[-1].body["messages"][0]["content"] == long_persona.strip()
 
 
+@pytest.mark.cluster
 async def test_reset_forgets_but_keeps_the_persona(h: BotHarness) -> None:
     await h.slash("persona preset", {"name": "poet"})
     await h.ask("one")
@@ -153,6 +156,7 @@ async def test_reset_forgets_but_keeps_the_persona(h: BotHarness) -> None:
     assert messages[0]["content"] == "You write verse." and len(messages) == 2
 
 
+@pytest.mark.cluster
 async def test_usage_shows_what_the_server_reported(h: BotHarness) -> None:
     await h.ask("count me")
     await h.ask("and me")
