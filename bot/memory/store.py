@@ -61,6 +61,10 @@ for _, m in ipairs(dead) do redis.call('zrem', KEYS[2], m) end
 if #dead > 0 then redis.call('zremrangebyscore', KEYS[3], '-inf', now) end
 local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then return 1 end
+if not holder and redis.call('exists', KEYS[2]) == 0 then
+  redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[3])  -- nobody waits: no ticket needed
+  return 1
+end
 local lease = tonumber(ARGV[4])
 redis.call('zadd', KEYS[2], 0, ARGV[2])
 redis.call('zadd', KEYS[3], now + lease, ARGV[2])
