@@ -359,6 +359,7 @@ class Store:
         cid = place.channel_id
         deadline = time.monotonic() + max_wait
         delay = 0.02
+        first = True
         while True:
             stale = self._unreleased.get(cid)
             woken = entry.changed
@@ -384,7 +385,14 @@ class Store:
                     self._queue_personas(pipe, place)
                     return await pipe.execute()
 
-            results = await self._call(load)
+            if first:
+                # Turns of this process take their tickets one after another, so their
+                # requests cannot overtake each other on the way to Redis.
+                async with entry.entering:
+                    results = await self._call(load)
+                first = False
+            else:
+                results = await self._call(load)
             if stale is not None:
                 results = results[1:]
                 if self._unreleased.get(cid) == stale:
@@ -630,6 +638,7 @@ class _Waiters:
 
     users: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    entering: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def wake(self) -> None:
         old, self.changed = self.changed, asyncio.Event()
