@@ -11,7 +11,7 @@ primaries' INFO commandstats) and whether every channel's history is complete an
     python -m bench.cluster                 # 200 channels x 2 rounds
     python -m bench.cluster --channels 20 --rounds 1 --json out.json
 
-The figures of the last run are in docs/benchmarks.md ("Scaling out on a cluster").
+The figures of the last run are in docs/scaling-out.md.
 """
 
 from __future__ import annotations
@@ -60,15 +60,21 @@ def command_counts(cluster: LocalCluster) -> dict[str, int]:
     return counts
 
 
-async def run(channels: int, rounds: int, tokens: int, tps: float) -> dict[str, Any]:
+async def run(
+    channels: int, rounds: int, tokens: int, tps: float, *, cluster: LocalCluster | None = None
+) -> dict[str, Any]:
+    """Run the scenario on `cluster`, or on a fresh one it builds and removes."""
     with tempfile.TemporaryDirectory(prefix="llmbot-bench-cluster-") as tmp:
         workdir = Path(tmp)
-        cluster = LocalCluster(workdir / "cluster", node_timeout_ms=5000)
-        await asyncio.to_thread(cluster.start)
-        try:
+        if cluster is not None:
+            await asyncio.to_thread(cluster.flushall)
             return await _run(cluster, workdir, channels, rounds, tokens, tps)
+        own = LocalCluster(workdir / "cluster", node_timeout_ms=5000)
+        await asyncio.to_thread(own.start)
+        try:
+            return await _run(own, workdir, channels, rounds, tokens, tps)
         finally:
-            await asyncio.to_thread(cluster.cleanup)
+            await asyncio.to_thread(own.cleanup)
 
 
 async def _run(
