@@ -28,7 +28,7 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.chat", "cogs.persona", "cogs.admin", "cogs.usage")
+EXTENSIONS = ("cogs.chat", "cogs.persona", "cogs.admin", "cogs.usage", "cogs.memory")
 
 # What the bot needs, and why: read and answer in channels and threads, edit its own
 # streamed replies, show typing, and register slash commands.

@@ -29,6 +29,15 @@ DEFAULT_PERSONA = (
     "Today is {date}, and the time is {time} UTC."
 )
 
+DEFAULT_SUMMARY_PROMPT = (
+    "You keep the running summary of a chat conversation, so it can be continued after "
+    "its older messages are gone. You get the summary so far and the messages to fold "
+    "into it. Write the new summary: keep every fact, name, number, decision, preference "
+    "and open question that may matter later, note who said what, drop small talk. "
+    "Write plain sentences or short bullet points, in the conversation's language, at "
+    "most about {max_words} words. Reply with the summary only."
+)
+
 
 def _check(predicate: Callable[[Any], bool], allowed: str) -> dict[str, Any]:
     """Field metadata: a validation rule and the human description of what is allowed."""
@@ -148,6 +157,26 @@ class HistoryConfig:
     max_turns: int = field(default=100, metadata=_between(2, 100_000))
     # Days a quiet channel's history is kept; 0 keeps it forever.
     retention_days: int = field(default=30, metadata=_between(0, 36_500))
+    # Fold turns that leave the window into a running summary (one model call each time).
+    summarize: bool = True
+    # The longest summary, in tokens; it is sent with every request (and never takes more
+    # than a quarter of what llm.context_tokens leaves after llm.max_tokens).
+    summary_tokens: int = field(default=512, metadata=_between(32, 100_000))
+    # The model that writes summaries; empty: llm.model.
+    summary_model: str = ""
+    # Instructions for the summarising call; {max_words} is filled in.
+    summary_prompt: str = field(
+        default=DEFAULT_SUMMARY_PROMPT,
+        metadata=_check(lambda v: bool(v.strip()), "a non-empty text"),
+    )
+
+    @property
+    def stored_turns_cap(self) -> int:
+        """The most turns kept in Redis. With summaries on, turns past `max_turns` wait
+        there until a summary covers them; the cap only bounds a summariser that keeps
+        failing (past it the oldest turns are dropped unsummarised, as without summaries).
+        """
+        return self.max_turns * 2 if self.summarize else self.max_turns
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,11 @@ import getpass
 import os
 import sys
 import zlib
+from pathlib import Path
 from typing import TextIO
 
+from bot.chat import memory
+from bot.chat.usage import summary_line
 from bot.errors import BotError, user_message
 from bot.models import Place, Speaker
 from bot.services import Services
@@ -25,6 +28,8 @@ HELP = """Commands:
   /persona clear           back to the default
   /reset                   forget this channel's conversation (the persona stays)
   /usage                   your token use: today, 7 and 30 days
+  /memory                  what this channel remembers: messages, what fits, the summary
+  /export PATH             save the conversation as PATH.md and PATH.json
   /quit                    leave (Ctrl-D works too)"""
 
 # Console channels get ids far from Discord's snowflakes so they never collide.
@@ -105,7 +110,14 @@ class Console:
             ):
                 est = " (includes estimates)" if t.has_estimates else ""
                 self.say(f"{label:>8}: {t.prompt:,} prompt + {t.completion:,} completion{est}")
+            if report.month.summary_requests:
+                self.say(f"  30 days: {summary_line(report.month)}")
             self.say(f"   chart: {report.sparkline()}")
+        elif cmd == "/memory":
+            bot_name = self.services.conversations.bot_name
+            self.say(memory.describe(await self.services.memory.report(self.place, bot_name)))
+        elif cmd == "/export" and rest.strip():
+            await self.export(rest.strip())
         elif cmd == "/persona" and sub in ("", "show"):
             current = await personas.current(self.place)
             self.say(f"[{current.source}{' preset ' + current.preset if current.preset else ''}]")
@@ -121,6 +133,29 @@ class Console:
             self.say("Persona cleared; the default applies.")
         else:
             self.say(f"Unknown command {line!r}. /help lists them.")
+
+    async def export(self, path: str) -> None:
+        bot_name = self.services.conversations.bot_name
+        exported = await self.services.memory.export(self.place, bot_name)
+        try:
+            written = await asyncio.to_thread(_write_export, path, exported)
+        except OSError as exc:
+            self.say(f"[!] Could not write {exc.filename or path}: {exc.strerror or exc}")
+            return
+        self.say("Saved " + " and ".join(written) + ".")
+
+
+def _write_export(path: str, exported: memory.Export) -> list[str]:
+    """Write PATH.md and PATH.json (a .md or .json ending on PATH is dropped first)."""
+    base = Path(path).expanduser()
+    if base.suffix in (".md", ".json"):
+        base = base.with_suffix("")
+    written = []
+    for suffix, text in ((".md", exported.markdown), (".json", exported.json)):
+        target = base.with_name(base.name + suffix)
+        target.write_text(text, encoding="utf-8")
+        written.append(str(target))
+    return written
 
 
 async def _read_line(prompt: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +87,41 @@ class TokenUsage:
     @property
     def total(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """A button under a reply message, as data: the Discord glue turns it into a component.
+
+    Its `custom_id` carries everything a press needs (buttons outlive restarts), and a
+    cog registers the handler for its pattern.
+    """
+
+    custom_id: str
+    label: str
+    emoji: str | None = None
+    style: Literal["primary", "secondary", "success", "danger"] = "secondary"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A channel's running summary of the turns that left its stored history."""
+
+    text: str
+    tokens: int
+    # How many turns it covers in all, and when it was last extended.
+    turns: int = 0
+    at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Summary:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(
+            text=str(data["text"]),
+            tokens=int(data.get("tokens", 0)),
+            turns=int(data.get("turns", 0)),
+            at=float(data.get("at", 0.0)),
+        )

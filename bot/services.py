@@ -21,7 +21,9 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from bot.chat.conversation import ConversationService
+from bot.chat.memory import MemoryService
 from bot.chat.personas import PersonaService
+from bot.chat.summary import SummaryService, summary_llm_config
 from bot.chat.usage import UsageService
 from bot.config import Config
 from bot.delivery.gate import Cooldown
@@ -48,6 +50,8 @@ class Services:
     metrics: Metrics
     session: aiohttp.ClientSession
     embedded_redis: EmbeddedRedis | None
+    summaries: SummaryService
+    memory: MemoryService
 
 
 async def wait_for_redis(
@@ -151,12 +155,22 @@ async def open_services(
         store = Store(
             store_client,
             prefix=config.redis.key_prefix,
-            max_turns=config.history.max_turns,
+            max_turns=config.history.stored_turns_cap,
             retention_days=config.history.retention_days,
             metrics=metrics,
         )
         llm = LLMClient(session, config.llm)
         usage = UsageService(store, config.usage)
+        summaries = SummaryService(
+            store=store,
+            llm=LLMClient(session, summary_llm_config(config.history, config.llm)),
+            counter=counter,
+            history=config.history,
+            llm_config=config.llm,
+        )
+        # Closed before the session and Redis (the stack unwinds in reverse).
+        stack.push_async_callback(summaries.close)
+        personas = PersonaService(store, config.persona)
         yield Services(
             config=config,
             store=store,
@@ -170,11 +184,20 @@ async def open_services(
                 llm_config=config.llm,
                 default_persona=config.persona.default,
                 metrics=metrics,
+                summaries=summaries,
             ),
-            personas=PersonaService(store, config.persona),
+            personas=personas,
             usage=usage,
             cooldown=Cooldown(config.discord.user_burst, config.discord.user_cooldown_s),
             metrics=metrics,
             session=session,
             embedded_redis=embedded,
+            summaries=summaries,
+            memory=MemoryService(
+                store=store,
+                personas=personas,
+                counter=counter,
+                llm_config=config.llm,
+                summaries=summaries,
+            ),
         )

@@ -20,12 +20,33 @@ from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
 from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
-from bot.models import Speaker
+from bot.models import Button, Speaker
 
 log = logging.getLogger(__name__)
 
 NO_PINGS = discord.AllowedMentions.none()
 INTERRUPTED = "⚠️ Interrupted: the bot is restarting. Ask again in a moment."
+
+
+def button_view(buttons: tuple[Button, ...]) -> discord.ui.View | None:
+    """The components for `buttons`, or None for none.
+
+    Only the look: presses are dispatched by the `DynamicItem`s cogs register for the
+    custom ids, so the view is stopped once sent and never kept in discord.py's store.
+    """
+    if not buttons:
+        return None
+    view = discord.ui.View(timeout=None)
+    for b in buttons:
+        view.add_item(
+            discord.ui.Button(
+                custom_id=b.custom_id,
+                label=b.label,
+                emoji=b.emoji,
+                style=getattr(discord.ButtonStyle, b.style),
+            )
+        )
+    return view
 
 
 class DiscordSink:
@@ -35,18 +56,36 @@ class DiscordSink:
         self.message = message
         self.channel = message.channel
 
-    async def send(self, content: str, reply_to: object | None) -> object:
+    async def send(
+        self, content: str, reply_to: object | None, buttons: tuple[Button, ...]
+    ) -> object:
         target = reply_to if isinstance(reply_to, discord.Message) else self.message
-        return await self.channel.send(
-            content,
-            reference=target.to_reference(fail_if_not_exists=False),
-            mention_author=False,
-            allowed_mentions=NO_PINGS,
-        )
+        view = button_view(buttons)
+        reference = target.to_reference(fail_if_not_exists=False)
+        try:
+            if view is None:
+                return await self.channel.send(
+                    content, reference=reference, mention_author=False, allowed_mentions=NO_PINGS
+                )
+            return await self.channel.send(
+                content,
+                reference=reference,
+                mention_author=False,
+                allowed_mentions=NO_PINGS,
+                view=view,
+            )
+        finally:
+            if view is not None:
+                view.stop()
 
-    async def edit(self, handle: object, content: str) -> None:
+    async def edit(self, handle: object, content: str, buttons: tuple[Button, ...]) -> None:
         assert isinstance(handle, discord.Message)
-        await handle.edit(content=content, allowed_mentions=NO_PINGS)
+        view = button_view(buttons)
+        try:
+            await handle.edit(content=content, allowed_mentions=NO_PINGS, view=view)
+        finally:
+            if view is not None:
+                view.stop()
 
     async def typing(self) -> None:
         await self.channel.typing()

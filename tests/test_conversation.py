@@ -248,6 +248,8 @@ async def test_trimming_keeps_persona_within_budget(
     redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> None:
     config = make_config(redis_url, llm.base_url, context_tokens=600, max_tokens=100)
+    # Without summaries (tests/test_summary.py has them): the stored history stays whole.
+    config = replace(config, history=replace(config.history, summarize=False))
     async with open_services(config) as services:
         for i in range(20):
             await ask(services, HERE, ANN, f"message {i} " + "filler words here " * 10)

@@ -211,7 +211,7 @@ def standin_wrapper_env(standin: DiscordStandIn, tmp_path: Path, config: Path) -
     )
 
 
-EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage"}
+EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage", "memory"}
 
 
 async def test_run_sync_guild_registers_the_commands_in_that_server(
@@ -225,7 +225,7 @@ async def test_run_sync_guild_registers_the_commands_in_that_server(
     assert code == 0, err
     assert {c["name"] for c in discord_standin.synced_commands(guild)} == EXPECTED_COMMANDS
     assert discord_standin.synced_commands(None) == []
-    assert "Synced 4 commands to server 123456789012345678 (visible now)" in out
+    assert "Synced 5 commands to server 123456789012345678 (visible now)" in out
 
 
 async def test_run_sync_registers_the_commands_globally(
@@ -235,7 +235,7 @@ async def test_run_sync_registers_the_commands_globally(
     code, out, err = await run_wrapper_async(["sync"], cwd=tmp_path, env=env)
     assert code == 0, err
     assert {c["name"] for c in discord_standin.synced_commands(None)} == EXPECTED_COMMANDS
-    assert "Synced 4 commands to all servers" in out
+    assert "Synced 5 commands to all servers" in out
 
 
 def test_run_is_a_thin_wrapper_around_python_m_bot(venv_ready: None, tmp_path: Path) -> None:

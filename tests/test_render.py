@@ -20,6 +20,7 @@ import pytest
 from bot.delivery.budget import RateBudget
 from bot.delivery.renderer import ReplyRenderer
 from bot.delivery.splitter import plan_split
+from bot.models import Button
 
 MARKER = " ⏳"
 NOTE = "⚠️ The model stopped answering (timed out)."
@@ -119,6 +120,7 @@ class FakeSink:
         self.budget = budget
         self.reset_after_edit = reset_after_edit
         self.messages: dict[object, str] = {}
+        self.buttons: dict[object, tuple[Button, ...]] = {}
         self.reply_to: dict[object, object | None] = {}
         self.calls: list[Call] = []
 
@@ -132,7 +134,9 @@ class FakeSink:
         self.discord.calls.append(call)
         return call
 
-    async def send(self, content: str, reply_to: object | None) -> object:
+    async def send(
+        self, content: str, reply_to: object | None, buttons: tuple[Button, ...] = ()
+    ) -> object:
         if self.fail_sends:
             self.fail_sends -= 1
             raise ConnectionError("send failed")
@@ -143,10 +147,11 @@ class FakeSink:
         if self.delay:
             await asyncio.sleep(self.delay)
         self.messages[handle] = content
+        self.buttons[handle] = buttons
         self.reply_to[handle] = reply_to
         return handle
 
-    async def edit(self, handle: object, content: str) -> None:
+    async def edit(self, handle: object, content: str, buttons: tuple[Button, ...] = ()) -> None:
         if self.hang_edits:
             await asyncio.Event().wait()
         if self.fail_edits:
@@ -157,6 +162,7 @@ class FakeSink:
         if self.delay:
             await asyncio.sleep(self.delay)
         self.messages[handle] = content
+        self.buttons[handle] = buttons
         if self.budget is not None and self.reset_after_edit is not None:
             self.budget.observe(self.bucket("edit"), 0, self.reset_after_edit)
 
@@ -411,6 +417,52 @@ async def test_long_reply_continues_in_replies_and_final_text_matches_split() ->
     assert not discord.violations
 
 
+async def test_buttons_sit_under_the_last_part_and_follow_it() -> None:
+    discord = FakeDiscord()
+    sink = FakeSink(discord)
+    r = ReplyRenderer(sink, make_budget(), edit_interval=0.05)
+    stop = (Button("stop:1", "Stop", "⏹"),)
+    again = (Button("regen:1", "Regenerate", "🔄"),)
+    r.set_buttons(stop)
+    text = long_reply()
+    await stream(r, text, step=12, pause=0.001)
+    handles = list(r.stats.handles)
+    assert len(handles) >= 2
+    # while streaming, only the newest part carries the button
+    assert all(sink.buttons[h] == () for h in handles[:-1])
+    r.set_buttons(again)
+    await r.finish()
+    handles = r.stats.handles
+    assert [sink.buttons[h] for h in handles] == [()] * (len(handles) - 1) + [again]
+    assert [sink.messages[h] for h in handles] == [p.body for p in plan_split(text)]
+    assert not discord.violations
+
+
+async def test_changing_only_the_buttons_edits_once() -> None:
+    discord = FakeDiscord()
+    sink = FakeSink(discord)
+    r = ReplyRenderer(sink, make_budget(), edit_interval=0.05)
+    r.set_buttons((Button("stop:1", "Stop"),))
+    r.push("Short answer.")
+    await r.finish()
+    edits = len(sink.edits())
+    (handle,) = r.stats.handles
+    assert sink.messages[handle] == "Short answer."
+    assert sink.buttons[handle] == (Button("stop:1", "Stop"),)
+    r.set_buttons(())  # after the reply ended: nothing runs any more
+    r2 = ReplyRenderer(sink, make_budget(), edit_interval=0.05)
+    r2.set_buttons((Button("stop:2", "Stop"),))
+    r2.push("Another.")
+    await asyncio.sleep(0.2)
+    r2.set_buttons(())
+    await r2.finish()
+    (h2,) = r2.stats.handles
+    assert sink.buttons[h2] == ()
+    assert sink.messages[h2] == "Another."
+    assert len(sink.edits(h2)) == 1, "one edit both drops the marker and the button"
+    assert len(sink.edits()) == edits + 1
+
+
 async def test_marker_dropped_when_it_would_exceed_the_limit() -> None:
     discord = FakeDiscord()
     sink = FakeSink(discord)
@@ -597,10 +649,12 @@ async def test_cpu_cost_per_1000_tokens() -> None:
         def __init__(self, i: int) -> None:
             self.i = i
 
-        async def send(self, content: str, reply_to: object | None) -> object:
+        async def send(
+            self, content: str, reply_to: object | None, buttons: tuple[Button, ...]
+        ) -> object:
             return object()
 
-        async def edit(self, handle: object, content: str) -> None:
+        async def edit(self, handle: object, content: str, buttons: tuple[Button, ...]) -> None:
             return None
 
         async def typing(self) -> None:

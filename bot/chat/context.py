@@ -1,6 +1,8 @@
 """Building the message list sent to the model.
 
-The persona's system message always comes first. Then as much recent history as fits
+The persona's system message always comes first, followed (in the same message, which
+every chat template accepts) by the running summary of older turns, if any; both count
+in the budget. Then as much recent history as fits
 the budget (context window minus the reply reserve minus the system prompt), dropping
 the oldest whole turns first. The new user message is always sent; one that alone is
 larger than the budget is cut with a visible note instead of being sent to fail.
@@ -16,6 +18,7 @@ from bot.llm.tokens import PER_MESSAGE, REPLY_PRIMING, TokenCounter
 from bot.models import Turn
 
 CUT_NOTE = "\n\n[… the rest of this message was cut: it was too long for the model's context]"
+SUMMARY_HEADING = "Summary of the earlier conversation (its messages are no longer shown):"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,13 @@ def as_message(turn: Turn) -> dict[str, Any]:
     return {"role": turn.role, "content": turn.content}
 
 
+def system_with_summary(system_prompt: str, summary: str) -> str:
+    """The persona, then the running summary (when there is one)."""
+    if not summary.strip():
+        return system_prompt
+    return f"{system_prompt}\n\n{SUMMARY_HEADING}\n{summary.strip()}"
+
+
 def build_context(
     system_prompt: str,
     history: Sequence[Turn],
@@ -47,8 +57,9 @@ def build_context(
     context_tokens: int,
     reply_tokens: int,
     counter: TokenCounter,
+    summary: str = "",
 ) -> BuiltContext:
-    system = {"role": "system", "content": system_prompt}
+    system = {"role": "system", "content": system_with_summary(system_prompt, summary)}
     system_cost = counter.calibrated(counter.count_message(system))
     budget = context_tokens - reply_tokens - system_cost - REPLY_PRIMING
 

@@ -19,11 +19,12 @@ from types import TracebackType
 
 from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.personas import render, resolve
+from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
 from bot.config import LLMConfig
 from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
-from bot.llm.tokens import TokenCounter
+from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
@@ -58,8 +59,10 @@ class ConversationService:
         llm_config: LLMConfig,
         default_persona: str,
         metrics: Metrics | None = None,
+        summaries: SummaryService | None = None,
     ) -> None:
         self.store = store
+        self.summaries = summaries
         self.llm = llm
         self.counter = counter
         self.usage = usage
@@ -102,6 +105,8 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        self._history: list[Turn] = []
+        self._persona_tokens = 0
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -112,6 +117,8 @@ class Reply:
             s.usage.check_quota(loaded.user_tokens_today)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
+            self._history = loaded.history
+            self._persona_tokens = s.counter.count_message({"role": "system", "content": system})
             self._user_turn = Turn(
                 role="user",
                 content=self.text,
@@ -128,6 +135,7 @@ class Reply:
                 context_tokens=s.llm_config.context_tokens,
                 reply_tokens=s.llm_config.max_tokens,
                 counter=s.counter,
+                summary=loaded.summary.text if loaded.summary else "",
             )
             if s.metrics:
                 s.metrics.reply_started()
@@ -178,6 +186,7 @@ class Reply:
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
         self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        self._maybe_summarize([*self._history, self._user_turn, reply_turn])
         elapsed = time.monotonic() - self._started
         if s.metrics:
             s.metrics.reply_finished()
@@ -194,6 +203,17 @@ class Reply:
             finish,
             length,
         )
+
+    def _maybe_summarize(self, history: list[Turn]) -> None:
+        """Start folding old turns into the summary, in the background, if any left the window."""
+        summaries, user_turn = self.s.summaries, self._user_turn
+        if summaries is None or user_turn is None:
+            return
+        message_tokens = user_turn.tokens + PER_MESSAGE
+        if summaries.needed(history, self._persona_tokens, message_tokens):
+            summaries.schedule(
+                FoldTask(self.place, self._persona_tokens, message_tokens, self.s.bot_name)
+            )
 
     def _usage(self, stream: ChatStream) -> TokenUsage:
         """Reported usage if the provider sent it (and learn from it), else our estimate."""

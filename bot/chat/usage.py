@@ -27,6 +27,14 @@ class Totals:
     estimated_prompt: int = 0
     estimated_completion: int = 0
     cost: float | None = None
+    # How much of prompt/completion went to background summaries (not replies).
+    summary_prompt: int = 0
+    summary_completion: int = 0
+    summary_requests: int = 0
+
+    @property
+    def summary_total(self) -> int:
+        return self.summary_prompt + self.summary_completion
 
     @property
     def total(self) -> int:
@@ -115,6 +123,9 @@ class UsageService:
             estimated_prompt=est_p,
             estimated_completion=est_c,
             cost=cost if priced or self.config.prices else None,
+            summary_prompt=sum(row.get("summary_prompt", 0) for row in rows),
+            summary_completion=sum(row.get("summary_completion", 0) for row in rows),
+            summary_requests=sum(row.get("summary_requests", 0) for row in rows),
         )
 
 
@@ -125,4 +136,12 @@ def describe(t: Totals, currency: str) -> str:
         lines.append(f"≈ {currency}{t.cost:,.4f}")
     if t.has_estimates:
         lines.append(f"*{t.estimated_prompt + t.estimated_completion:,} estimated*")
+    if t.summary_requests:
+        lines.append(summary_line(t))
     return "\n".join(lines)
+
+
+def summary_line(t: Totals) -> str:
+    """How much of a total went to background summaries, apart from replies."""
+    calls = "summary" if t.summary_requests == 1 else "summaries"
+    return f"incl. {t.summary_total:,} for {t.summary_requests:,} {calls} of old messages"

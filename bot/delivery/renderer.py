@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from bot.delivery.budget import RateBudget
 from bot.delivery.splitter import DISCORD_LIMIT, IncrementalSplitter, Part
+from bot.models import Button
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,17 @@ _T = TypeVar("_T")
 class Sink(Protocol):
     """Where a reply is shown; implemented by the Discord glue (one per reply)."""
 
-    async def send(self, content: str, reply_to: object | None) -> object:
-        """Post a message; `reply_to` None means "reply to the user's message", else the
-        handle of the previous part. Returns a handle for `edit` and later replies."""
+    async def send(
+        self, content: str, reply_to: object | None, buttons: tuple[Button, ...]
+    ) -> object:
+        """Post a message with `buttons` under it; `reply_to` None means "reply to the
+        user's message", else the handle of the previous part. Returns a handle for
+        `edit` and later replies."""
         ...
 
-    async def edit(self, handle: object, content: str) -> None:
-        """Replace the content of a message this sink sent."""
+    async def edit(self, handle: object, content: str, buttons: tuple[Button, ...]) -> None:
+        """Replace the content and the buttons (none: remove them) of a message this
+        sink sent."""
         ...
 
     async def typing(self) -> None:
@@ -62,6 +67,7 @@ class _Message:
     handle: object
     shown: str  # content Discord has (as far as we know)
     next_edit: float  # per-message edit pacing
+    buttons: tuple[Button, ...] = ()  # buttons Discord shows under it
     failures: int = 0
     dead: bool = False
 
@@ -82,6 +88,8 @@ class ReplyRenderer:
       `edit_interval`), with `marker` after the in-progress part;
     * past `limit` the reply continues in a new message replying to the previous one
       (split by `plan_split`); earlier parts get one final edit without the marker;
+    * `set_buttons` puts buttons under the reply's last message (earlier parts have
+      none); a change is shown with the next edit, paced like text;
     * a failing Sink call is retried with the newest text on a later cycle; after
       `max_failures` consecutive failures that message is given up (a failed send ends
       the stream), so `finish()` and `fail()` always return, at the latest after
@@ -119,6 +127,7 @@ class ReplyRenderer:
         self._desired: list[str] = []
         self._desired_key: tuple[int, bool] = (-1, False)
         self._msgs: list[_Message] = []
+        self._buttons: tuple[Button, ...] = ()
         self._closing = False
         self._note: str | None = None
         self._broken = False
@@ -169,6 +178,16 @@ class ReplyRenderer:
             w.set_result(None)
         if self._task is None:
             self._start()
+
+    def set_buttons(self, buttons: tuple[Button, ...]) -> None:
+        """Show `buttons` under the reply's last message from the next edit on (also
+        once finishing: set the final buttons before `finish()`)."""
+        if buttons == self._buttons:
+            return
+        self._buttons = buttons
+        if self._task is None:
+            self._start()
+        self._wake()
 
     async def finish(self) -> None:
         """Flush: every message ends with its final part and no marker."""
@@ -301,13 +320,13 @@ class ReplyRenderer:
                 # the channel's bucket, sets the pace, and the old order (edits first,
                 # send at once) measured better (50 channels: p95 lag 3.1 s vs 4.3 s).
                 prev = self._msgs[-1]
-                if not prev.dead and prev.shown != desired[sent - 1]:
+                if not prev.dead and not self._up_to_date(sent - 1, desired):
                     send_at = max(send_at, prev.next_edit)
                     if now >= send_at:
                         return ("send", sent)
         due = math.inf
         for i, msg in enumerate(self._msgs):
-            if msg.dead or msg.shown == desired[i]:
+            if msg.dead or self._up_to_date(i, desired):
                 continue
             if now >= msg.next_edit:
                 return ("edit", i)
@@ -315,6 +334,14 @@ class ReplyRenderer:
         if now >= send_at:
             return ("send", sent)
         return min(due, send_at)
+
+    def _buttons_for(self, index: int, desired: list[str]) -> tuple[Button, ...]:
+        """Buttons belong under the last part only."""
+        return self._buttons if index == len(desired) - 1 else ()
+
+    def _up_to_date(self, index: int, desired: list[str]) -> bool:
+        msg = self._msgs[index]
+        return msg.shown == desired[index] and msg.buttons == self._buttons_for(index, desired)
 
     def _wake_condition(self, now: float, due: float) -> tuple[float, int]:
         """When to wake up: at `due`, or earlier on text growth that gives work to do.
@@ -329,7 +356,7 @@ class ReplyRenderer:
         last = parts[-1]
         wake_len = last.start + self.limit - len(last.prefix)
         desired = self._desired
-        if msgs and len(msgs) == len(desired) and msgs[-1].shown == desired[-1]:
+        if msgs and len(msgs) == len(desired) and self._up_to_date(len(msgs) - 1, desired):
             if msgs[-1].next_edit <= now:
                 wake_len = self._length
             else:
@@ -356,17 +383,18 @@ class ReplyRenderer:
         await self.budget.acquire(self.sink.bucket(kind), priority)
         desired = self._plan()  # the newest text, whatever arrived while waiting
         content = desired[index]
+        buttons = self._buttons_for(index, desired)
         now = self._clock()
-        if kind == "edit" and self._msgs[index].shown == content:
+        if kind == "edit" and self._up_to_date(index, desired):
             return  # nothing to change any more (the grant is simply not used)
         self._since_snapshot = None  # text pushed from now on is not in this request
         if kind == "edit":
             msg = self._msgs[index]
             msg.next_edit = now + self.edit_interval
             self.stats.edits += 1
-            ok, _ = await self._call(self.sink.edit(msg.handle, content))
+            ok, _ = await self._call(self.sink.edit(msg.handle, content, buttons))
             if ok:
-                msg.shown, msg.failures = content, 0
+                msg.shown, msg.buttons, msg.failures = content, buttons, 0
             else:
                 msg.failures += 1
                 msg.next_edit = now + self.edit_interval * msg.failures
@@ -381,7 +409,7 @@ class ReplyRenderer:
         else:
             reply_to = self._msgs[index - 1].handle if index else None
             self.stats.sends += 1
-            ok, handle = await self._call(self.sink.send(content, reply_to))
+            ok, handle = await self._call(self.sink.send(content, reply_to, buttons))
             if not ok:
                 self._send_failures += 1
                 self._next_send = now + self.edit_interval * self._send_failures
@@ -394,7 +422,7 @@ class ReplyRenderer:
                     )
                 return
             self._send_failures = 0
-            self._msgs.append(_Message(handle, content, now + self.edit_interval))
+            self._msgs.append(_Message(handle, content, now + self.edit_interval, buttons))
             self.stats.handles.append(handle)
         if len(self._msgs) == len(desired) and all(
             m.shown == d for m, d in zip(self._msgs, desired, strict=True)

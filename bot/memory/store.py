@@ -6,6 +6,9 @@ Why it looks like this:
   user's and server's usage counters). On a single server both are one request each;
   on a cluster each is one request per node involved, sent concurrently (see README,
   "Scaling out").
+- The rolling summary of turns that left the history sits next to it (`load()` reads it
+  too). `fold()` swaps the oldest turns for the summary covering them in one Lua call,
+  guarded like the commit by the reset epoch, so no turn is lost or duplicated.
 - Every key of a channel carries the hash tag `{c<id>}` so a channel's keys share one
   Redis Cluster slot; server keys use `{g<id>}` and user keys `{u<id>}`. Every multi-key
   command and script stays inside one slot: the channel's commit (history, epoch, lock
@@ -36,7 +39,7 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from bot.errors import MemoryUnavailable
-from bot.models import Place, StoredPersona, TokenUsage, Turn
+from bot.models import Place, StoredPersona, Summary, TokenUsage, Turn
 from bot.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,9 @@ return redis.call('zrem', KEYS[2], ARGV[1])
 # channel's usage and release the lock. An epoch key that expired since (a day after the
 # reset) counts as unchanged. A retry of a commit that already ran (its guard key exists)
 # changes nothing.
-# KEYS: history, epoch, lock, guard, channel usage.
+# The summary (if any) gets the history's TTL too: it lives as long as the history it
+# continues.
+# KEYS: history, epoch, lock, guard, channel usage, summary.
 # ARGV: epoch at load ("" if none), max turns, TTL s (0: keep), lock token, guard TTL s,
 #       usage TTL s, number of turns N, N turns, then usage field/increment pairs.
 _COMMIT = """
@@ -111,6 +116,11 @@ if not (epoch and epoch ~= ARGV[1]) then
 else
   redis.call('set', KEYS[4], '0', 'KEEPTTL')
 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('expire', KEYS[6], ARGV[3])
+else
+  redis.call('persist', KEYS[6])
+end
 for i = 8 + n, #ARGV, 2 do redis.call('hincrby', KEYS[5], ARGV[i], ARGV[i + 1]) end
 if #ARGV >= 8 + n then redis.call('expire', KEYS[5], ARGV[6]) end
 if redis.call('get', KEYS[3]) == ARGV[4] then redis.call('del', KEYS[3]) end
@@ -122,6 +132,26 @@ _COUNT = """
 if not redis.call('set', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 for i = 3, #ARGV, 2 do redis.call('hincrby', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('expire', KEYS[1], ARGV[1])
+return 1
+"""
+# Replace the oldest turns by the summary that covers them, in one step, only if nothing
+# changed since they were read: same reset epoch, same summary, and the history still
+# starts with exactly those turns. So a concurrent reply (it appends at the end), a /reset
+# or another process's summary can neither lose nor duplicate a turn.
+# KEYS: history, summary, epoch. ARGV: epoch seen ("" if none), summary seen ("" if none),
+# new summary, TTL s (0: keep), then the turns to drop, oldest first.
+_FOLD = """
+if (redis.call('get', KEYS[3]) or '') ~= ARGV[1] then return 0 end
+if (redis.call('get', KEYS[2]) or '') ~= ARGV[2] then return 0 end
+local n = #ARGV - 4
+local head = redis.call('lrange', KEYS[1], 0, n - 1)
+if #head ~= n then return 0 end
+for i = 1, n do
+  if head[i] ~= ARGV[4 + i] then return 0 end
+end
+redis.call('ltrim', KEYS[1], n, -1)
+redis.call('set', KEYS[2], ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('expire', KEYS[2], ARGV[4]) end
 return 1
 """
 _RENEW = """
@@ -174,6 +204,14 @@ class Keys:
         """A counter bumped by /reset (no text), so a turn can tell it was reset."""
         return f"{self.prefix}:{{c{channel_id}}}:epoch"
 
+    def summary(self, channel_id: int) -> str:
+        """The running summary of the turns that left the history."""
+        return f"{self.prefix}:{{c{channel_id}}}:summary"
+
+    def summarizing(self, channel_id: int) -> str:
+        """Held (with a lease) by the process writing the channel's next summary."""
+        return f"{self.prefix}:{{c{channel_id}}}:summarizing"
+
     def channel_persona(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:persona"
 
@@ -216,6 +254,24 @@ class Loaded:
     history: list[Turn]
     personas: PersonaLayers
     user_tokens_today: int
+    summary: Summary | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A channel's history, summary and reset epoch, read together (for summarising)."""
+
+    raw_history: list[str]
+    raw_summary: str
+    epoch: str
+
+    @property
+    def history(self) -> list[Turn]:
+        return [Turn.from_json(r) for r in self.raw_history]
+
+    @property
+    def summary(self) -> Summary | None:
+        return Summary.from_json(self.raw_summary) if self.raw_summary else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +283,9 @@ class UsageRecord:
     guild_id: int | None
     model: str
     usage: TokenUsage
+    # "reply", or "summary" (a background summarising call: counted for the channel and
+    # server, apart from replies, and not against the user's quota).
+    kind: str = "reply"
 
 
 class Store:
@@ -251,6 +310,7 @@ class Store:
         self.ticket_lease_ms = min(TICKET_LEASE_MS, self.lock_lease_ms)
         self._release = self.redis.register_script(_RELEASE)
         self._renew = self.redis.register_script(_RENEW)
+        self._fold = self.redis.register_script(_FOLD)
         # Turns of this process waiting per channel: a release here wakes them at once
         # (waiters of other processes poll). The order itself is the Redis queue's.
         self._waiters: dict[int, _Waiters] = {}
@@ -382,6 +442,7 @@ class Store:
                     pipe.lrange(k.history(cid), 0, -1)
                     pipe.hmget(k.usage("user", user_id, utc_day()), "prompt", "completion")
                     pipe.get(k.epoch(cid))
+                    pipe.get(k.summary(cid))
                     self._queue_personas(pipe, place)
                     return await pipe.execute()
 
@@ -397,7 +458,7 @@ class Store:
                 results = results[1:]
                 if self._unreleased.get(cid) == stale:
                     del self._unreleased[cid]
-            got, raw_history, usage, epoch, *personas = results
+            got, raw_history, usage, epoch, summary, *personas = results
             if got:
                 lock.held = True
                 lock.epoch = epoch or ""
@@ -405,6 +466,7 @@ class Store:
                     history=[Turn.from_json(r) for r in raw_history],
                     personas=self._parse_personas(personas, place),
                     user_tokens_today=sum(int(v or 0) for v in usage),
+                    summary=Summary.from_json(summary) if summary else None,
                 )
             # An earlier message is being answered (here or by another process): wait for
             # it, in order. A release in this process wakes us at once; others are polled.
@@ -435,12 +497,13 @@ class Store:
         def channel_part(pipe: Any) -> None:
             pipe.eval(
                 _COMMIT,
-                5,
+                6,
                 k.history(cid),
                 k.epoch(cid),
                 k.lock(cid),
                 k.done("channel", cid, lock.token),
                 k.usage("channel", cid, fields.day),
+                k.summary(cid),
                 lock.epoch,
                 self.max_turns,
                 self.retention_s,
@@ -496,8 +559,8 @@ class Store:
 
     @staticmethod
     def _other_scopes(rec: UsageRecord) -> list[tuple[str, int]]:
-        """The usage scopes outside the channel's slot."""
-        scopes = [("user", rec.user_id)]
+        """The usage scopes outside the channel's slot (a summary is not the user's)."""
+        scopes = [] if rec.kind == "summary" else [("user", rec.user_id)]
         if rec.guild_id:
             scopes.append(("server", rec.guild_id))
         return scopes
@@ -540,10 +603,17 @@ class Store:
     @staticmethod
     def _usage_fields(rec: UsageRecord) -> _UsageFields:
         est = "est_" if rec.usage.estimated else ""
+        counts: tuple[str | int, ...] = ("requests", 1)
+        if rec.kind == "summary":  # also in the totals; these say how much of them
+            counts = (
+                "summary_prompt", rec.usage.prompt_tokens,
+                "summary_completion", rec.usage.completion_tokens,
+                "summary_requests", 1,
+            )  # fmt: skip
         pairs = (
             "prompt", rec.usage.prompt_tokens,
             "completion", rec.usage.completion_tokens,
-            "requests", 1,
+            *counts,
             f"{est}prompt|{rec.model}", rec.usage.prompt_tokens,
             f"{est}completion|{rec.model}", rec.usage.completion_tokens,
         )  # fmt: skip
@@ -562,13 +632,60 @@ class Store:
         async def clear() -> list[Any]:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.llen(hist)
-                pipe.delete(hist)
+                pipe.delete(hist, self.keys.summary(channel_id))
                 # A reply streaming now will see the new epoch and not write its turns back.
                 pipe.incr(epoch)
                 pipe.expire(epoch, DAY)
                 return await pipe.execute()
 
         return int((await self._call(clear))[0])
+
+    # --- rolling summary ---------------------------------------------------------------
+
+    async def snapshot(self, channel_id: int) -> Snapshot:
+        """History, summary and epoch as of one instant (one MULTI, one slot)."""
+        k = self.keys
+
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lrange(k.history(channel_id), 0, -1)
+                pipe.get(k.summary(channel_id))
+                pipe.get(k.epoch(channel_id))
+                return await pipe.execute()
+
+        raw_history, raw_summary, epoch = await self._call(load)
+        return Snapshot(list(raw_history), raw_summary or "", epoch or "")
+
+    async def fold(self, channel_id: int, seen: Snapshot, count: int, summary: Summary) -> bool:
+        """Drop the oldest `count` turns of `seen` and store `summary` in their place,
+        atomically, if the channel is still as `seen`. False: it changed; nothing written.
+        """
+        k = self.keys
+        dropped = seen.raw_history[:count]
+        if count <= 0 or len(dropped) != count:
+            raise ValueError(f"cannot fold {count} of {len(seen.raw_history)} turns")
+        keys = [k.history(channel_id), k.summary(channel_id), k.epoch(channel_id)]
+        args: list[str | int] = [
+            seen.epoch,
+            seen.raw_summary,
+            summary.to_json(),
+            self.retention_s,
+            *dropped,
+        ]
+        done = await self._call(lambda: self._fold(keys=keys, args=args))
+        return bool(done)
+
+    async def claim_summarizing(self, channel_id: int, token: str, lease_s: float) -> bool:
+        """Take the channel's summarising lease, so two processes don't both do the work."""
+        key = self.keys.summarizing(channel_id)
+        got = await self._call(
+            lambda: self.redis.set(key, token, nx=True, px=max(1, int(lease_s * 1000)))
+        )
+        return bool(got)
+
+    async def release_summarizing(self, channel_id: int, token: str) -> None:
+        key = self.keys.summarizing(channel_id)
+        await self._call(lambda: self._release(keys=[key], args=[token]))
 
     def _persona_key(self, scope: str, ident: int) -> str:
         if scope == "server":

@@ -17,6 +17,11 @@ missing [DONE] / finish_reason / usage, keep-alive comments, an error object mid
 `prompt_tokens` is counted here, independently of the bot's own estimator: words and
 punctuation marks of every message's content, plus 4 per message, plus 3.
 
+Summarising requests (the bot's rolling summary: a last user message with `<summary>` and
+`<messages>` blocks) are answered apart from the queue: from `push_summary(...)` behaviours,
+else `summarizer`, which by default summarises deterministically (`summarize_reply`). They
+are listed in `summary_requests`, not in `chat_requests`.
+
 Run alone for benchmarks (prints its base URL as the first line of stdout; SIGTERM stops):
     python -m tests.standin.llm_api --port 0 --ttft 0.2 --tps 30 --reply-tokens 300
 """
@@ -134,6 +139,42 @@ def echo_reply(body: dict[str, Any]) -> str:
     return "Echo: (no user message)"
 
 
+def _last_user_text(body: dict[str, Any]) -> str:
+    for msg in reversed(body.get("messages") or []):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+_SUMMARY_BLOCK = re.compile(r"<summary>\n?(.*?)\n?</summary>", re.S)
+_MESSAGES_BLOCK = re.compile(r"<messages>\n?(.*?)\n?</messages>", re.S)
+
+
+def is_summary_request(body: Any) -> bool:
+    """The bot's summarising call: its last user message holds both blocks."""
+    if not isinstance(body, dict):
+        return False
+    text = _last_user_text(body)
+    return bool(_SUMMARY_BLOCK.search(text) and _MESSAGES_BLOCK.search(text))
+
+
+def summarize_reply(body: dict[str, Any]) -> str:
+    """A deterministic summary: the previous summary's lines, then one "- " line per
+    message folded in. The stand-in's own echo replies are left out (they only repeat)."""
+    text = _last_user_text(body)
+    previous, messages = _SUMMARY_BLOCK.search(text), _MESSAGES_BLOCK.search(text)
+    facts = [
+        line
+        for line in (previous.group(1) if previous else "").splitlines()
+        if line.strip() and not line.startswith("(none")
+    ]
+    for line in (messages.group(1) if messages else "").splitlines():
+        if line.strip() and "Echo:" not in line:
+            facts.append(f"- {line.strip()}")
+    return "\n".join(facts) or "(nothing to remember)"
+
+
 @dataclass
 class Behavior:
     """How the stand-in answers one chat request. Counts `N` are content chunks sent."""
@@ -224,6 +265,7 @@ class RecordedRequest:
     chunks: list[ChunkRecord] = field(default_factory=list)
     prompt_tokens: int = 0
     finished: float | None = None
+    summary: bool = False  # a summarising request (see `is_summary_request`)
     # "complete", "error", "hang", "drop", "client_gone", "cancelled", "json", "bad_json"
     outcome: str = ""
 
@@ -254,6 +296,9 @@ class LLMStandIn:
         self.models = list(models) if models is not None else [DEFAULT_MODEL]
         self.record = record
         self.behaviors: deque[Behavior] = deque()
+        # Summarising requests: queued behaviours first, then `summarizer`.
+        self.summary_behaviors: deque[Behavior] = deque()
+        self.summarizer = Behavior(reply=summarize_reply)
         self.requests: list[RecordedRequest] = []
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -268,9 +313,17 @@ class LLMStandIn:
         """Queue behaviours for the next chat requests, in order."""
         self.behaviors.extend(behaviors)
 
+    def push_summary(self, *behaviors: Behavior) -> None:
+        """Queue behaviours for the next summarising requests, in order."""
+        self.summary_behaviors.extend(behaviors)
+
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+        return [r for r in self.requests if r.path.endswith("/chat/completions") and not r.summary]
+
+    @property
+    def summary_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.summary]
 
     async def start(self) -> LLMStandIn:
         app = web.Application()
@@ -345,7 +398,11 @@ class LLMStandIn:
                 {"error": {"message": "'messages' is required", "type": "invalid_request_error"}},
                 status=400,
             )
-        beh = self.behaviors.popleft() if self.behaviors else self.default
+        if is_summary_request(body):
+            rec.summary = True
+            beh = self.summary_behaviors.popleft() if self.summary_behaviors else self.summarizer
+        else:
+            beh = self.behaviors.popleft() if self.behaviors else self.default
         rec.behavior = beh
         rec.prompt_tokens = count_prompt_tokens(body["messages"])
         try:
