@@ -354,3 +354,32 @@ async def test_store_uses_the_cluster_client_on_a_cluster(
     redis_client: aioredis.Redis, redis_backend: str
 ) -> None:
     assert make_store(redis_client).cluster is (redis_backend == "cluster")
+
+
+async def test_a_long_turn_keeps_its_lock_by_renewing_the_lease(
+    redis_client: aioredis.Redis, redis_url: str, redis_backend: str
+) -> None:
+    """The holder renews its lease (a script, also on a cluster) while it streams."""
+    other_client = connect(redis_url, redis_backend)
+    a = Store(redis_client, prefix="t", max_turns=10, retention_days=1, lock_lease_s=0.3)
+    b = Store(other_client, prefix="t", max_turns=10, retention_days=1, lock_lease_s=0.3)
+    events: list[str] = []
+
+    async def long_turn() -> None:
+        async with a.turn(GUILD, 1, order=1) as (_, lock):
+            events.append("a in")
+            await asyncio.sleep(1.0)  # more than three leases
+            assert await redis_client.get(a.keys.lock(GUILD.channel_id)) == lock.token
+            events.append("a out")
+            await a.commit(GUILD, [turn("user", "a"), turn("assistant", "a")],
+                           usage_rec(GUILD, 1, 1, 1), lock)  # fmt: skip
+
+    first = asyncio.create_task(long_turn())
+    await asyncio.sleep(0.1)
+    async with b.turn(GUILD, 2, order=2) as (_, lock):
+        events.append("b in")
+        await b.commit(GUILD, [turn("user", "b"), turn("assistant", "b")],
+                       usage_rec(GUILD, 2, 1, 1), lock)  # fmt: skip
+    await first
+    await other_client.aclose()
+    assert events == ["a in", "a out", "b in"]
