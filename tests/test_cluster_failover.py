@@ -182,3 +182,46 @@ async def test_writes_acknowledged_before_a_crash_survive_it(
     )
     assert total > killed_acked, "writes went on after the takeover"
     assert lost == []
+    cluster.restart(victim)  # back as a replica, for the next test
+    await asyncio.to_thread(cluster.wait_healthy, 30)
+
+
+async def test_a_shard_with_no_node_left_gives_the_clear_answer_quickly(
+    failover_cluster: LocalCluster, llm: LLMStandIn
+) -> None:
+    """No replica to promote (primary and replica both down): no long hang, the clear
+    "memory unavailable" answer, and all is well once the nodes are back."""
+    cluster = failover_cluster
+    await asyncio.to_thread(cluster.wait_healthy, 30)
+    async with open_services(make_config(cluster.url, llm.base_url)) as services:
+        await ask(services, HERE, ANN, "before")
+        primary = cluster.primary_for(services.store.keys.history(HERE.channel_id))
+        replicas = []
+        for node in cluster.nodes:
+            if node is not primary and node.running:
+                with node.client() as c:
+                    info = c.info("replication")
+                if info.get("master_port") == primary.port:
+                    replicas.append(node)
+        assert replicas
+        for node in [primary, *replicas]:
+            cluster.kill(node)
+        started = time.monotonic()
+        with pytest.raises(MemoryUnavailable) as info:
+            await ask(services, HERE, ANN, "anyone there?")
+        assert "memory" in info.value.user_text.lower()
+        assert time.monotonic() - started < FAILOVER_WAIT_S + 8
+        for node in [primary, *replicas]:
+            cluster.restart(node)
+        await asyncio.to_thread(cluster.wait_healthy, 60)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await ask(services, HERE, ANN, "back?")
+                break
+            except MemoryUnavailable:
+                assert time.monotonic() < deadline, "the bot did not recover"
+                await asyncio.sleep(0.3)
+        history = [t.content for t in await services.store.history(HERE.channel_id)]
+        assert history[-4:] == ["before", "Echo: Ann: before", "back?", "Echo: Ann: back?"]
+        assert "anyone there?" not in history

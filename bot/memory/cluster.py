@@ -5,10 +5,11 @@ redis-py's cluster client follows the slot map, MOVED/ASK redirections and failo
 The store keeps every multi-key command inside one slot (see bot/memory/store.py), so the
 same store code runs on both.
 
-During a failover the cluster client retries a command whose primary went away, with a
-short backoff, refreshing the slot map from the surviving nodes; a replica takes over after
-the cluster's `cluster-node-timeout` plus an election (a second or two with a short
-time-out). Requests that still fail after RETRIES become "memory unavailable" for the user.
+During a failover the cluster client retries a command whose primary went away at once,
+refreshing the slot map from the surviving nodes, RETRIES times; a replica takes over only
+after the cluster's `cluster-node-timeout` plus an election (a second or two with a short
+time-out), so the store itself tries a round trip again for a while (FAILOVER_WAIT_S in
+bot/memory/store.py) before the user gets "memory unavailable".
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ log = logging.getLogger(__name__)
 # pool is exhausted, so it is sized above the busiest burst: every reply holds at most one
 # connection per node for one round trip.
 CLUSTER_MAX_CONNECTIONS = 256
-# Retries of a command whose node failed, with backoff 0.1, 0.2, 0.4, 0.8, 1, 1, 1 s:
-# about 4.5 s in all, enough for a failover with a short node time-out.
-RETRIES = 7
+# Immediate retries of a command whose node failed (redis-py's cluster client uses only the
+# count of this Retry, not its backoff), each after refreshing the slot map.
+RETRIES = 3
 
 
 async def wants_cluster(client: aioredis.Redis, mode: Any) -> bool:
