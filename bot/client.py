@@ -28,7 +28,15 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.chat", "cogs.persona", "cogs.admin", "cogs.usage", "cogs.memory")
+EXTENSIONS = (
+    "cogs.chat",
+    "cogs.persona",
+    "cogs.admin",
+    "cogs.usage",
+    "cogs.memory",
+    "cogs.model",
+    "cogs.thinking",
+)
 
 # What the bot needs, and why: read and answer in channels and threads, edit its own
 # streamed replies, show typing, and register slash commands.
@@ -104,12 +112,18 @@ class BotTree(app_commands.CommandTree["ChatBot"]):
 
 
 async def send_ephemeral(
-    interaction: discord.Interaction[Any], text: str, *, embed: discord.Embed | None = None
+    interaction: discord.Interaction[Any],
+    text: str,
+    *,
+    embed: discord.Embed | None = None,
+    file: discord.File | None = None,
 ) -> None:
     """Answer an interaction privately, whether or not it was acknowledged already."""
     kwargs: dict[str, Any] = {"ephemeral": True, "allowed_mentions": discord.AllowedMentions.none()}
     if embed is not None:
         kwargs["embed"] = embed
+    if file is not None:
+        kwargs["file"] = file
     try:
         if interaction.response.is_done():
             await interaction.followup.send(text, **kwargs)

@@ -5,7 +5,7 @@ validated, so no code deeper in the bot checks config values again. Any bad valu
 stops start-up with one line that names the key, the value and what is allowed.
 
 Secrets may come from the environment instead of the file: DISCORD_TOKEN,
-LLM_API_KEY and REDIS_URL override the file's values.
+LLM_API_KEY and REDIS_URL override the file's values, LLM_API_KEY_<NAME> a provider's key.
 """
 
 from __future__ import annotations
@@ -93,6 +93,10 @@ class DiscordConfig:
     # Seconds running replies get to finish on shutdown before they are cut.
     shutdown_grace_s: float = field(default=20.0, metadata=_at_least(0))
     status: str = "Mention me to chat"
+    # "button": a "Show thinking" button under replies of thinking models; "off": none.
+    show_thinking: str = field(
+        default="button", metadata=_check(lambda v: v in ("button", "off"), '"button" or "off"')
+    )
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,12 @@ class LLMConfig:
     max_retries: int = field(default=2, metadata=_between(0, 10))
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # With [models.NAME] tables: the one used where /model chose none (empty: the first).
+    default_model: str = ""
+    # The model's output starts inside a thinking block whose `<think>` is in the prompt
+    # template, so only `</think>` comes (DeepSeek-R1 distills on llama.cpp with
+    # `--reasoning-format none`). Off: text before a bare `</think>` would be the answer.
+    thinking_starts_open: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens >= self.context_tokens:
@@ -210,6 +220,43 @@ class UsageConfig:
 
 
 @dataclass(frozen=True)
+class ProviderConfig:
+    """One OpenAI-compatible server (`[providers.NAME]`); the `[llm]` section is provider `llm`."""
+
+    base_url: str = field(default="", metadata=_is_url(("http://", "https://")))
+    api_key: str = field(default="", repr=False)
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    connect_timeout: float = field(default=10.0, metadata=_positive())
+    first_token_timeout: float = field(default=60.0, metadata=_positive())
+    idle_timeout: float = field(default=30.0, metadata=_positive())
+    total_timeout: float = field(default=300.0, metadata=_positive())
+    max_retries: int = field(default=2, metadata=_between(0, 10))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model people can pick with /model (`[models.NAME]`)."""
+
+    # A `[providers.NAME]` table, or "llm" for the server of the `[llm]` section.
+    provider: str = "llm"
+    # The id the server expects; empty: the table's name.
+    model: str = ""
+    context_tokens: int = field(default=8192, metadata=_between(256, 10_000_000))
+    max_tokens: int = field(default=1024, metadata=_between(16, 1_000_000))
+    temperature: float = field(default=0.7, metadata=_between(0, 2))
+    # Whether the model reads images / may call tools.
+    vision: bool = False
+    tools: bool = False
+    # Currency units per million tokens; without it `usage.prices` is looked up.
+    prices: Price | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    # Another model's name, answering when this one's server fails before the first token.
+    fallback: str = ""
+    # See `llm.thinking_starts_open`: the model's template opens <think> in the prompt.
+    thinking_starts_open: bool = False
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = field(
         default="INFO",
@@ -239,6 +286,161 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_models(self)
+
+
+# --- providers and models ---------------------------------------------------------------
+
+# The `[llm]` section's server, as a provider name models can refer to.
+LLM_PROVIDER = "llm"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One usable model, resolved: its name, provider and everything a request needs.
+
+    Why one shape: the `[llm]` section (old configs) and `[models.NAME]` tables both end
+    up here, so the rest of the bot asks `resolve_model(config, name)` and never cares
+    which one the admin wrote. `llm` is in the shape `LLMClient` takes.
+    """
+
+    name: str
+    provider: str
+    llm: LLMConfig
+    vision: bool = False
+    tools: bool = False
+    price: Price | None = None
+    fallback: str | None = None
+
+    @property
+    def model(self) -> str:
+        """The id the server expects."""
+        return self.llm.model
+
+    @property
+    def context_tokens(self) -> int:
+        return self.llm.context_tokens
+
+    @property
+    def max_tokens(self) -> int:
+        return self.llm.max_tokens
+
+
+def _model_name_ok(name: str) -> bool:
+    return 0 < len(name) <= 100 and not any(c.isspace() for c in name)
+
+
+def check_models(config: Config) -> None:
+    """Cross-checks the per-table rules cannot make: names, references, budgets."""
+    if LLM_PROVIDER in config.providers:
+        raise ConfigError(
+            f"providers.{LLM_PROVIDER}: the name is taken by the [llm] section's server; "
+            "pick another name"
+        )
+    for name, provider in config.providers.items():
+        if not provider.base_url:
+            raise ConfigError(f"providers.{name}.base_url = '': must be a URL starting with http")
+    allowed_providers = ", ".join([LLM_PROVIDER, *config.providers])
+    for name, model in config.models.items():
+        if not _model_name_ok(name):
+            raise ConfigError(
+                f"models.{_show(name)}: a model name must be 1 to 100 characters, no spaces"
+            )
+        if model.provider != LLM_PROVIDER and model.provider not in config.providers:
+            raise ConfigError(
+                f"models.{name}.provider = {_show(model.provider)}: "
+                f"must be one of {allowed_providers}"
+            )
+        if model.max_tokens >= model.context_tokens:
+            raise ConfigError(
+                f"models.{name}.max_tokens = {model.max_tokens}: must be below "
+                f"models.{name}.context_tokens ({model.context_tokens}), "
+                "which also holds the prompt"
+            )
+        if model.fallback and (model.fallback not in config.models or model.fallback == name):
+            raise ConfigError(
+                f"models.{name}.fallback = {_show(model.fallback)}: must be another model "
+                f"of [models]: {', '.join(n for n in config.models if n != name) or 'none'}"
+            )
+    if config.llm.default_model and config.llm.default_model not in config.models:
+        raise ConfigError(
+            f"llm.default_model = {_show(config.llm.default_model)}: must name a [models] table: "
+            f"{', '.join(config.models) or 'there are none'}"
+        )
+
+
+def _model_spec(config: Config, name: str, model: ModelConfig) -> ModelSpec:
+    if model.provider == LLM_PROVIDER:
+        p: LLMConfig | ProviderConfig = config.llm
+    else:
+        p = config.providers[model.provider]
+    llm = LLMConfig(
+        base_url=p.base_url,
+        api_key=p.api_key,
+        model=model.model or name,
+        temperature=model.temperature,
+        max_tokens=model.max_tokens,
+        context_tokens=model.context_tokens,
+        connect_timeout=p.connect_timeout,
+        first_token_timeout=p.first_token_timeout,
+        idle_timeout=p.idle_timeout,
+        total_timeout=p.total_timeout,
+        max_retries=p.max_retries,
+        extra_headers=dict(p.extra_headers),
+        extra_body=dict(model.extra_body),
+        thinking_starts_open=model.thinking_starts_open,
+    )
+    prices = config.usage.prices
+    return ModelSpec(
+        name=name,
+        provider=model.provider,
+        llm=llm,
+        vision=model.vision,
+        tools=model.tools,
+        price=model.prices or prices.get(name) or prices.get(llm.model),
+        fallback=model.fallback or None,
+    )
+
+
+def resolve_models(config: Config) -> dict[str, ModelSpec]:
+    """Every configured model by name, the default first.
+
+    Without `[models]` tables the `[llm]` section is the one model, named by its id.
+    """
+    if not config.models:
+        llm = config.llm
+        spec = ModelSpec(
+            name=llm.model,
+            provider=LLM_PROVIDER,
+            llm=llm,
+            # Flags other features may add to [llm]; absent before they exist.
+            vision=bool(getattr(llm, "vision", False)),
+            tools=bool(getattr(llm, "tools", False)),
+            price=config.usage.prices.get(llm.model),
+        )
+        return {spec.name: spec}
+    default = default_model_name(config)
+    names = [default, *(n for n in config.models if n != default)]
+    return {n: _model_spec(config, n, config.models[n]) for n in names}
+
+
+def default_model_name(config: Config) -> str:
+    """The model used where nobody chose one with /model."""
+    if not config.models:
+        return config.llm.model
+    return config.llm.default_model or next(iter(config.models))
+
+
+def resolve_model(config: Config, name: str | None = None) -> ModelSpec:
+    """The model called `name`, or the default one (also for a name no longer configured)."""
+    specs = resolve_models(config)
+    if name and name in specs:
+        return specs[name]
+    return specs[default_model_name(config)]
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -248,6 +450,12 @@ ENV_OVERRIDES = {
     "LLM_API_KEY": ("llm", "api_key"),
     "REDIS_URL": ("redis", "url"),
 }
+
+
+def provider_key_variable(name: str) -> str:
+    """The environment variable overriding `providers.NAME.api_key`: LLM_API_KEY_<NAME>."""
+    return "LLM_API_KEY_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+
 
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 
@@ -347,5 +555,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             section_data = data.setdefault(section, {})
             if isinstance(section_data, dict):
                 section_data[key] = env[var]
+    providers = data.get("providers")
+    for name, table in providers.items() if isinstance(providers, dict) else ():
+        var = provider_key_variable(name)
+        if env.get(var) and isinstance(table, dict):
+            table["api_key"] = env[var]
     config: Config = _build(Config, data, "")
     return config

@@ -28,9 +28,13 @@ HELP = """Commands:
   /persona clear           back to the default
   /reset                   forget this channel's conversation (the persona stays)
   /usage                   your token use: today, 7 and 30 days
+  /model                   show the model in use (and the others configured)
+  /model NAME              answer with another configured model here
   /memory                  what this channel remembers: messages, what fits, the summary
   /export PATH             save the conversation as PATH.md and PATH.json
   /quit                    leave (Ctrl-D works too)"""
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 # Console channels get ids far from Discord's snowflakes so they never collide.
 CONSOLE_ID_BASE = 1 << 62
@@ -61,7 +65,7 @@ class Console:
 
     async def run(self, lines: asyncio.Queue[str | None] | None = None) -> None:
         """Read lines (from stdin, or a queue in tests) until /quit or end of input."""
-        model = self.services.config.llm.model
+        model = (await self.services.conversations.choices.current(self.place)).spec.name
         self.say(f"Chatting in #{self.place.channel_name} with {model}. /help for commands.")
         while True:
             line = await (lines.get() if lines else _read_line("you> "))
@@ -84,9 +88,13 @@ class Console:
     async def chat(self, text: str) -> None:
         self.say("bot> ", end="")
         conv = self.services.conversations
+        thinking = _Thinking(self)
         async with conv.reply(self.place, self.speaker, text) as reply:
+            reply.on_thinking = thinking
             async for delta in reply:
+                thinking.end()
                 self.say(delta, end="")
+        thinking.end()
         self.say()
         for note in reply.outcome.notes if reply.outcome else []:
             self.say(f"[{note}]")
@@ -113,6 +121,11 @@ class Console:
             if report.month.summary_requests:
                 self.say(f"  30 days: {summary_line(report.month)}")
             self.say(f"   chart: {report.sparkline()}")
+            for name, t in report.by_model.items():
+                cost = f" ≈ {report.currency}{t.cost:,.4f}" if t.cost is not None else ""
+                self.say(f"  {name}: {t.total:,} tokens in 30 days{cost}")
+        elif cmd == "/model":
+            await self.model(rest.strip())
         elif cmd == "/memory":
             bot_name = self.services.conversations.bot_name
             self.say(memory.describe(await self.services.memory.report(self.place, bot_name)))
@@ -144,6 +157,17 @@ class Console:
             return
         self.say("Saved " + " and ".join(written) + ".")
 
+    async def model(self, name: str) -> None:
+        choices = self.services.conversations.choices
+        if name:
+            await choices.set("channel", self.place.channel_id, name)
+        current = await choices.current(self.place)
+        spec = current.spec
+        self.say(f"Model: {spec.name} ({spec.model} via {spec.provider}; {current.source})")
+        others = [n for n in choices.registry.names if n != spec.name]
+        if others:
+            self.say("Others: " + ", ".join(others))
+
 
 def _write_export(path: str, exported: memory.Export) -> list[str]:
     """Write PATH.md and PATH.json (a .md or .json ending on PATH is dropped first)."""
@@ -156,6 +180,28 @@ def _write_export(path: str, exported: memory.Export) -> list[str]:
         target.write_text(text, encoding="utf-8")
         written.append(str(target))
     return written
+
+
+class _Thinking:
+    """A model's thinking in the terminal: dimmed on a terminal, else one line saying so."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.tty = console.out.isatty()
+        self.open = False
+
+    def __call__(self, piece: str) -> None:
+        if self.tty:
+            self.console.say(DIM + piece + RESET, end="")
+        elif not self.open:
+            self.console.say("(thinking...)", end="")
+        self.open = True
+
+    def end(self) -> None:
+        """The answer starts: continue on a fresh `bot>` line."""
+        if self.open:
+            self.open = False
+            self.console.say("\nbot> ", end="")
 
 
 async def _read_line(prompt: str) -> str | None:

@@ -110,12 +110,32 @@ class LLMEmptyReply(LLMError):
     user_text = "The model answered with an empty message. Try rephrasing."
 
 
+class LLMOnlyThought(LLMError):
+    """A thinking model thought but gave no answer (usually cut off by `max_tokens`)."""
+
+    kind = "only_thought"
+
+    def __init__(self, cut: bool) -> None:
+        super().__init__(
+            "The model used up its length limit (`llm.max_tokens`) while thinking and never "
+            "got to an answer. Try a simpler question, or an admin can raise `llm.max_tokens`."
+            if cut
+            else "The model thought about it but gave no answer. Try rephrasing."
+        )
+
+
 class LLMProtocolError(LLMError):
     kind = "protocol"
     user_text = "The language model server sent a reply the bot could not read."
 
 
 # --- Storage, personas, usage --------------------------------------------------------------
+
+
+class ThoughtsExpired(BotError):
+    """A "Show thinking" button whose thoughts are gone (they are kept for a day)."""
+
+    user_text = "Those thoughts are no longer available: they are kept for a day."
 
 
 class MemoryUnavailable(BotError):
@@ -138,6 +158,12 @@ class UnknownPreset(BotError):
     def __init__(self, name: str, available: list[str]) -> None:
         names = ", ".join(f"`{n}`" for n in available) or "none are configured"
         super().__init__(f"There is no persona preset called `{name}`. Presets: {names}.")
+
+
+class UnknownModel(BotError):
+    def __init__(self, name: str, available: list[str]) -> None:
+        names = ", ".join(f"`{n}`" for n in available) or "none are configured"
+        super().__init__(f"There is no model called `{name}`. Models: {names}.")
 
 
 class QuotaExceeded(BotError):

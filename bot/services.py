@@ -22,12 +22,15 @@ from redis.asyncio.cluster import RedisCluster
 
 from bot.chat.conversation import ConversationService
 from bot.chat.memory import MemoryService
+from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import PersonaService
 from bot.chat.summary import SummaryService, summary_llm_config
+from bot.chat.thoughts import ThoughtsService
 from bot.chat.usage import UsageService
 from bot.config import Config
 from bot.delivery.gate import Cooldown
 from bot.llm.client import LLMClient
+from bot.llm.models import ModelRegistry
 from bot.llm.tokens import TokenCounter
 from bot.memory.cluster import cluster_client, wants_cluster
 from bot.memory.redis_server import EmbeddedRedis
@@ -52,6 +55,7 @@ class Services:
     embedded_redis: EmbeddedRedis | None
     summaries: SummaryService
     memory: MemoryService
+    thoughts: ThoughtsService
 
 
 async def wait_for_redis(
@@ -159,14 +163,19 @@ async def open_services(
             retention_days=config.history.retention_days,
             metrics=metrics,
         )
-        llm = LLMClient(session, config.llm)
-        usage = UsageService(store, config.usage)
+        models = ModelRegistry.build(config, session, counter)
+        # The default model's client and settings: what `llm` and `config.llm` always were
+        # with a single [llm] section (then they are exactly those); summaries use them too.
+        llm = models.client(models.default)
+        default_llm = models.default.llm
+        model_choice = ModelChoiceService(store, models)
+        usage = UsageService(store, config.usage, prices=models.price)
         summaries = SummaryService(
             store=store,
-            llm=LLMClient(session, summary_llm_config(config.history, config.llm)),
+            llm=LLMClient(session, summary_llm_config(config.history, default_llm)),
             counter=counter,
             history=config.history,
-            llm_config=config.llm,
+            llm_config=default_llm,
         )
         # Closed before the session and Redis (the stack unwinds in reverse).
         stack.push_async_callback(summaries.close)
@@ -185,6 +194,8 @@ async def open_services(
                 default_persona=config.persona.default,
                 metrics=metrics,
                 summaries=summaries,
+                models=models,
+                choices=model_choice,
             ),
             personas=personas,
             usage=usage,
@@ -197,7 +208,8 @@ async def open_services(
                 store=store,
                 personas=personas,
                 counter=counter,
-                llm_config=config.llm,
+                llm_config=default_llm,
                 summaries=summaries,
             ),
+            thoughts=ThoughtsService(store),
         )

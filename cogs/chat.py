@@ -19,6 +19,7 @@ from discord.ext import commands
 from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
+from bot.delivery.thinking import ThinkingStatus, thinking_button
 from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
 from bot.models import Button, Speaker
 
@@ -177,12 +178,15 @@ class Chat(commands.Cog):
         )
         metrics = self.services.metrics
         started = time.monotonic()
+        thinking = ThinkingStatus(renderer.set_status)
         with metrics.stream():
             try:
                 conversation = self.services.conversations
                 async with conversation.reply(place, speaker, text, message_id=message.id) as reply:
+                    reply.on_thinking = thinking
                     async for delta in reply:
                         renderer.push(delta)
+                renderer.set_buttons(await self.thought_buttons(place.channel_id, thinking.text))
                 await renderer.finish()
                 metrics.observe_final_edit(time.monotonic() - started)
                 if reply.outcome and reply.outcome.notes:
@@ -193,7 +197,19 @@ class Chat(commands.Cog):
             except Exception as exc:
                 if not isinstance(exc, BotError):
                     log.exception("reply in channel %s failed", message.channel.id)
+                renderer.set_buttons(await self.thought_buttons(place.channel_id, thinking.text))
                 await renderer.fail(f"⚠️ {user_message(exc)}")
+
+    async def thought_buttons(self, channel_id: int, text: str) -> tuple[Button, ...]:
+        """Keep the model's thoughts for a day; the "Show thinking" button for the reply
+        (none without thoughts, with `show_thinking = "off"` or when Redis is down)."""
+        if self.config.show_thinking != "button" or not text.strip():
+            return ()
+        try:
+            key = await self.services.thoughts.keep(channel_id, text)
+        except MemoryUnavailable:
+            return ()  # the answer matters more than the button
+        return () if key is None else (thinking_button(channel_id, key),)
 
 
 async def setup(bot: ChatBot) -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from typing import Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.usage import describe
+from bot.chat import chart
+from bot.chat.usage import describe, describe_models
 from bot.client import ChatBot, require, send_ephemeral
 from bot.errors import BotError
+
+CHART_FILE = "usage.png"
+TOP_USERS = 10
 
 
 class Usage(commands.Cog):
@@ -25,7 +31,7 @@ class Usage(commands.Cog):
         interaction: discord.Interaction[ChatBot],
         scope: Literal["me", "channel", "server"] = "me",
     ) -> None:
-        """Show token use for today, 7 and 30 days, with a daily chart."""
+        """Show token use for today, 7 and 30 days, per model, with a daily chart."""
         if scope == "me":
             ident, title = interaction.user.id, "Your token use"
         else:
@@ -38,22 +44,35 @@ class Usage(commands.Cog):
                 assert interaction.channel_id is not None
                 ident, title = interaction.channel_id, "Token use in this channel"
         await interaction.response.defer(ephemeral=True, thinking=True)
-        report = await self.reports.report("user" if scope == "me" else scope, ident)
+        report = await self.reports.report(
+            "user" if scope == "me" else scope, ident, top_users=TOP_USERS
+        )
+        png = await asyncio.to_thread(
+            chart.render, report.model_series, report.days, title=f"{title} · last 30 days (UTC)"
+        )
         embed = discord.Embed(
             title=title,
-            description=f"Last 30 days (UTC), one bar per day:\n```\n{report.sparkline()}\n```",
+            description=describe_models(report) or "No tokens used in the last 30 days.",
         )
+        embed.set_image(url=f"attachment://{CHART_FILE}")
         for label, totals in (
             ("Today", report.today),
             ("7 days", report.week),
             ("30 days", report.month),
         ):
             embed.add_field(name=label, value=describe(totals, report.currency))
+        if report.top_users:
+            embed.add_field(
+                name="Top users (30 days)",
+                value="\n".join(f"<@{uid}> · {tokens:,}" for uid, tokens in report.top_users),
+                inline=False,
+            )
         if report.month.has_estimates:
             embed.set_footer(
                 text="Estimated figures: the provider reported no usage for some replies."
             )
-        await send_ephemeral(interaction, "", embed=embed)
+        file = discord.File(io.BytesIO(png), filename=CHART_FILE)
+        await send_ephemeral(interaction, "", embed=embed, file=file)
 
 
 async def setup(bot: ChatBot) -> None:

@@ -193,11 +193,13 @@ async def running_bot(
     llm: LLMStandIn | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     standin_options: dict[str, Any] | None = None,
+    configure: Callable[[Config], Config] | None = None,
     **discord_config: Any,
 ) -> AsyncIterator[BotHarness]:
     """A started bot. `overrides`: config sections other than discord (see `e2e_config`);
     `standin_options`: keyword arguments for `DiscordStandIn` (e.g. `rate_limits`); a
-    `token=` among the discord options is used by both the bot and the stand-in."""
+    `token=` among the discord options is used by both the bot and the stand-in;
+    `configure` changes the finished test config (e.g. adds providers and models)."""
     async with contextlib.AsyncExitStack() as stack:
         token = discord_config.get("token", TOKEN)
         standin = await stack.enter_async_context(
@@ -215,6 +217,8 @@ async def running_bot(
             channel,
             user,
         )
+        if configure is not None:
+            harness.config = configure(harness.config)
         stack.push_async_callback(harness.stop)
         await harness.start()
         yield harness

@@ -166,7 +166,7 @@ async def test_usage_shows_what_the_server_reported(h: BotHarness) -> None:
     assert record.ephemeral
     today = next(f for f in embed["fields"] if f["name"] == "Today")
     assert f"**{reported:,}** tokens" in today["value"]
-    assert "```" in embed["description"]
+    assert embed["image"]["url"] == "attachment://usage.png"
 
 
 async def test_long_reply_with_code_splits_correctly(h: BotHarness) -> None:

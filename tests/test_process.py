@@ -815,7 +815,7 @@ def synced() -> Outcome:
     return run_scenario(_sync_scenario)
 
 
-EXPECTED_COMMANDS = {"persona", "reset", "usage", "chat", "memory"}
+EXPECTED_COMMANDS = {"persona", "reset", "usage", "chat", "memory", "model"}
 
 
 def test_sync_guild_registers_the_commands_in_that_server(synced: Outcome) -> None:
@@ -824,7 +824,7 @@ def test_sync_guild_registers_the_commands_in_that_server(synced: Outcome) -> No
     assert {c["name"] for c in f["guild_commands"]} == EXPECTED_COMMANDS
     assert f["global_before"] == [], "a guild sync leaves the global commands alone"
     out = synced.bots["guild"].stdout
-    assert f"Synced 5 commands to server {f['guild']} (visible now)" in out
+    assert f"Synced {len(EXPECTED_COMMANDS)} commands to server {f['guild']} (visible now)" in out
     assert f["gateway_sessions"] == 0, "syncing needs no gateway connection"
 
 
@@ -832,7 +832,9 @@ def test_sync_without_guild_registers_them_globally(synced: Outcome) -> None:
     f = synced.facts
     assert f["codes"]["global"] == 0, synced.bots["global"].stderr
     assert {c["name"] for c in f["global_commands"]} == EXPECTED_COMMANDS
-    assert "Synced 5 commands to all servers" in synced.bots["global"].stdout
+    assert (
+        f"Synced {len(EXPECTED_COMMANDS)} commands to all servers" in synced.bots["global"].stdout
+    )
 
 
 def test_secrets_stay_out_of_logs_even_at_debug(synced: Outcome) -> None:

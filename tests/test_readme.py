@@ -211,7 +211,7 @@ def standin_wrapper_env(standin: DiscordStandIn, tmp_path: Path, config: Path) -
     )
 
 
-EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage", "memory"}
+EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage", "memory", "model"}
 
 
 async def test_run_sync_guild_registers_the_commands_in_that_server(
@@ -225,7 +225,10 @@ async def test_run_sync_guild_registers_the_commands_in_that_server(
     assert code == 0, err
     assert {c["name"] for c in discord_standin.synced_commands(guild)} == EXPECTED_COMMANDS
     assert discord_standin.synced_commands(None) == []
-    assert "Synced 5 commands to server 123456789012345678 (visible now)" in out
+    assert (
+        f"Synced {len(EXPECTED_COMMANDS)} commands to server 123456789012345678 (visible now)"
+        in out
+    )
 
 
 async def test_run_sync_registers_the_commands_globally(
@@ -235,7 +238,7 @@ async def test_run_sync_registers_the_commands_globally(
     code, out, err = await run_wrapper_async(["sync"], cwd=tmp_path, env=env)
     assert code == 0, err
     assert {c["name"] for c in discord_standin.synced_commands(None)} == EXPECTED_COMMANDS
-    assert "Synced 5 commands to all servers" in out
+    assert f"Synced {len(EXPECTED_COMMANDS)} commands to all servers" in out
 
 
 def test_run_is_a_thin_wrapper_around_python_m_bot(venv_ready: None, tmp_path: Path) -> None:
@@ -354,7 +357,18 @@ def test_provider_recipes_are_all_there() -> None:
         "LM Studio",
         "OpenRouter",
         "Groq",
+        "Several providers",
     ]
+
+
+def test_several_providers_recipe_gives_three_models(tmp_path: Path) -> None:
+    from bot.config import resolve_models
+
+    path = tmp_path / "config.toml"
+    path.write_text(provider_recipes()["Several providers"])
+    specs = resolve_models(load_config(path, environ={"LLM_API_KEY_GROQ": "k"}))
+    assert list(specs) == ["local", "groq-8b", "gpt-4o-mini"]
+    assert specs["local"].fallback == "groq-8b" and specs["groq-8b"].llm.api_key == "k"
 
 
 def test_every_other_toml_block_parses_as_a_config(tmp_path: Path) -> None:

@@ -206,6 +206,11 @@ async def test_reset_and_retention_do_what_they_promise(
         for key in done:
             assert 0 < await redis_client.ttl(key) <= 3600
             assert await redis_client.get(key) in ("0", "1")
+        # Per server and day, each user's total (no text), for /usage's top users.
+        users = {k for k in all_keys if ":usage_users:" in k}
+        assert len(users) == 1 and all(f.isdigit() for f in await redis_client.hkeys(*users))
+        assert 39 * 86_400 < await redis_client.ttl(*users) <= 40 * 86_400
+        usage |= users
         persona, chat = keys.channel_persona(h.channel), keys.chat_mode(h.channel)
         assert all_keys == {hist, persona, chat, *usage, *done}, "an undocumented key is stored"
         assert await redis_client.ttl(persona) == -1 and await redis_client.ttl(chat) == -1

@@ -727,3 +727,35 @@ async def test_continuation_part_is_sent_in_the_previous_messages_edit_slot() ->
     assert r.contents == expected
     assert sink.reply_to[h2] == h1
     assert not discord.violations
+
+
+async def test_status_shows_until_the_first_text_and_is_paced() -> None:
+    discord = FakeDiscord()
+    sink = FakeSink(discord)
+    r = ReplyRenderer(sink, make_budget(), edit_interval=0.1)
+    for i in range(30):  # updated far more often than it may be shown
+        r.set_status(f"💭 Thinking… {i} s")
+        await asyncio.sleep(0.01)
+    (handle,) = r.stats.handles
+    status_edits = sink.edits(handle)
+    assert sink.calls[0].kind == "send" and sink.calls[0].content.startswith("💭 Thinking…")
+    assert 1 <= len(status_edits) <= 5, "status updates are paced like edits"
+    assert not [c for c in sink.calls if c.kind == "typing"], "the status replaces typing"
+    r.push("The answer.")
+    await r.finish()
+    assert r.stats.handles == [handle], "the answer takes over the status message"
+    assert sink.messages[handle] == "The answer."
+    assert all(
+        "Thinking" not in c.content for c in sink.calls if c.content and "answer" in c.content
+    )
+    assert not discord.violations
+
+
+async def test_status_replaced_by_a_failure_note() -> None:
+    discord = FakeDiscord()
+    sink = FakeSink(discord)
+    r = ReplyRenderer(sink, make_budget(), edit_interval=0.05)
+    r.set_status("💭 Thinking… 1 s")
+    await asyncio.sleep(0.05)
+    await r.fail(NOTE)
+    assert sink.shown() == [NOTE]

@@ -13,17 +13,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from bot.chat.context import BuiltContext, build_context, speaker_line
+from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import render, resolve
 from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
-from bot.config import LLMConfig
-from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
+from bot.config import LLMConfig, ModelSpec
+from bot.errors import BotError, LLMEmptyReply, LLMError, LLMOnlyThought, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
+from bot.llm.models import ModelRegistry
 from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
@@ -38,6 +41,10 @@ FINISH_NOTES = {
 CUT_MESSAGE_NOTE = "Your message was too long for the model, so only its start was read."
 
 
+def fallback_note(failed: str, answered: str) -> str:
+    return f"`{failed}` could not answer right now, so `{answered}` answered instead."
+
+
 @dataclass(slots=True)
 class ReplyOutcome:
     text: str
@@ -46,6 +53,8 @@ class ReplyOutcome:
     # Short notes for the person: a cut-off by max_tokens, their message was cut, ...
     notes: list[str] = field(default_factory=list)
     history_length: int = 0
+    # The model's thoughts (never stored in history nor sent back to the model).
+    thinking: str = ""
 
 
 class ConversationService:
@@ -60,6 +69,8 @@ class ConversationService:
         default_persona: str,
         metrics: Metrics | None = None,
         summaries: SummaryService | None = None,
+        models: ModelRegistry | None = None,
+        choices: ModelChoiceService | None = None,
     ) -> None:
         self.store = store
         self.summaries = summaries
@@ -70,6 +81,9 @@ class ConversationService:
         self.default_persona = default_persona
         self.metrics = metrics
         self.bot_name = "Assistant"
+        # Several models (/model): without a registry, `llm` is the one model.
+        self.models = models or ModelRegistry.single(llm, counter)
+        self.choices = choices or ModelChoiceService(store, self.models)
 
     def reply(
         self, place: Place, speaker: Speaker, text: str, *, message_id: int | None = None
@@ -82,7 +96,11 @@ class ConversationService:
 
 
 class Reply:
-    """One reply in progress. Iterate it for text deltas; `outcome` is set when it completed."""
+    """One reply in progress. Iterate it for text deltas; `outcome` is set when it completed.
+
+    Iterating yields the answer only; set `on_thinking` to see the model's thinking pieces
+    as they arrive (to show that it is alive; they are never part of the answer).
+    """
 
     def __init__(
         self,
@@ -107,10 +125,17 @@ class Reply:
         self._user_turn: Turn | None = None
         self._history: list[Turn] = []
         self._persona_tokens = 0
+        # The model answering (after any fallback) and its token counter.
+        self.spec: ModelSpec = service.models.default
+        self.counter = service.counter
+        self._notes: list[str] = []
+        self.on_thinking: Callable[[str], None] | None = None
 
     async def __aenter__(self) -> Reply:
         s = self.s
         try:
+            self.spec = (await s.choices.current(self.place)).spec
+            self.counter = s.models.counter(self.spec)
             loaded, self._lock = await self._stack.enter_async_context(
                 s.store.turn(self.place, self.speaker.id, order=self.message_id)
             )
@@ -128,21 +153,29 @@ class Reply:
                 author_name=self.speaker.name,
                 message_id=self.message_id,
             )
-            self.context = build_context(
-                system,
-                loaded.history,
-                self._user_turn,
-                context_tokens=s.llm_config.context_tokens,
-                reply_tokens=s.llm_config.max_tokens,
-                counter=s.counter,
-                summary=loaded.summary.text if loaded.summary else "",
-            )
+            user_turn = self._user_turn
+
+            def messages_for(spec: ModelSpec) -> list[dict[str, Any]]:
+                # Each model has its own context budget and token calibration.
+                self.spec, self.counter = spec, s.models.counter(spec)
+                self.context = build_context(
+                    system,
+                    loaded.history,
+                    user_turn,
+                    context_tokens=spec.context_tokens,
+                    reply_tokens=spec.max_tokens,
+                    counter=self.counter,
+                    summary=loaded.summary.text if loaded.summary else "",
+                )
+                return self.context.messages
+
             if s.metrics:
                 s.metrics.reply_started()
             self._started = time.monotonic()
-            self._stream = await self._stack.enter_async_context(
-                s.llm.stream(self.context.messages)
-            )
+            routed = await s.models.open(self._stack, self.spec, messages_for)
+            self._stream = routed.stream
+            if routed.failed:
+                self._notes.append(fallback_note(routed.failed[0][0].name, routed.spec.name))
         except BaseException as exc:
             self._note_failure(exc)
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -154,12 +187,15 @@ class Reply:
 
     async def _iterate(self) -> AsyncIterator[str]:
         assert self._stream is not None, "use `async with` before iterating"
-        async for delta in self._stream:
+        async for delta in self._stream.deltas():
             if self._first_token_at is None:
                 self._first_token_at = time.monotonic()
                 if self.s.metrics:
                     self.s.metrics.observe_first_token(self._first_token_at - self._started)
-            yield delta
+            if not delta.thinking:
+                yield delta.text
+            elif self.on_thinking is not None:
+                self.on_thinking(delta.text)
         await self._commit()
 
     async def _commit(self) -> None:
@@ -168,24 +204,27 @@ class Reply:
         assert self._lock is not None
         text = stream.text
         if not text.strip():
+            if stream.thinking.strip():
+                raise LLMOnlyThought(cut=stream.finish_reason == "length")
             raise LLMEmptyReply()
         usage = self._usage(stream)
         reply_turn = Turn(
             role="assistant",
             content=text,
-            tokens=usage.completion_tokens,
+            # Thinking tokens are in `completion_tokens` but not in the stored turn.
+            tokens=self.counter.count(text) if stream.thinking else usage.completion_tokens,
             at=time.time(),
         )
         length = await s.store.commit(
             self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
         )
-        notes = []
+        notes = list(self._notes)
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
         finish = stream.finish_reason or "stop"
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
-        self.outcome = ReplyOutcome(text, finish, usage, notes, length)
+        self.outcome = ReplyOutcome(text, finish, usage, notes, length, stream.thinking)
         self._maybe_summarize([*self._history, self._user_turn, reply_turn])
         elapsed = time.monotonic() - self._started
         if s.metrics:
@@ -220,11 +259,11 @@ class Reply:
         assert self.context is not None
         reported = stream.usage
         if reported is not None and reported.prompt_tokens > 0:
-            self.s.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
+            self.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
+            self.counter.calibrated(self.context.prompt_tokens),
+            self.counter.count(stream.text) + self.counter.count(stream.thinking),
             estimated=True,
         )
 
@@ -233,8 +272,8 @@ class Reply:
             user_id=self.speaker.id,
             channel_id=self.place.channel_id,
             guild_id=self.place.guild_id,
-            model=(self._stream.model if self._stream and self._stream.model else None)
-            or self.s.llm_config.model,
+            # The configured name: usage and prices are kept per model people can choose.
+            model=self.spec.name,
             usage=usage,
         )
 
@@ -259,10 +298,14 @@ class Reply:
         stream = self._stream
         if stream is None or self.context is None:
             return
-        usage = TokenUsage(
-            self.s.counter.calibrated(self.context.prompt_tokens),
-            self.s.counter.count(stream.text),
-            estimated=True,
+        usage = (
+            self._usage(stream)  # a reply that only thought: the provider reported it
+            if stream.finish_reason is not None
+            else TokenUsage(
+                self.counter.calibrated(self.context.prompt_tokens),
+                self.counter.count(stream.text) + self.counter.count(stream.thinking),
+                estimated=True,
+            )
         )
         with contextlib.suppress(BotError):
             await self.s.store.record_usage(self._usage_record(usage), self._lock)

@@ -300,12 +300,15 @@ class SummaryService:
                 async for _ in stream:
                     pass
         except LLMError:
-            if stream.text:  # cut off mid-way: those tokens were spent all the same
-                await self._record(place, stream.model, self._usage(None, messages, stream.text))
+            spent = stream.text + stream.thinking  # a thinking model's thoughts cost too
+            if spent:  # cut off mid-way: those tokens were spent all the same
+                await self._record(place, stream.model, self._usage(None, messages, spent))
             raise
-        text = stream.text.strip()
+        text = stream.text.strip()  # the answer only: never the model's thoughts
         # Spent whether or not the fold is stored.
-        await self._record(place, stream.model, self._usage(stream.usage, messages, text))
+        await self._record(
+            place, stream.model, self._usage(stream.usage, messages, stream.thinking + text)
+        )
         if not text:
             raise LLMEmptyReply()
         summary = Summary(

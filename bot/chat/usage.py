@@ -7,10 +7,12 @@ reports can say how much of a total is the bot's own estimate.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.config import UsageConfig
+from bot.config import Price, UsageConfig
 from bot.errors import QuotaExceeded
 from bot.memory.store import DAY, Store, utc_day
 
@@ -55,6 +57,13 @@ class UsageReport:
     # Total tokens per day, oldest first, ending today (30 entries).
     series: list[int]
     currency: str
+    # The same days as `series`, and tokens per day per model (largest 30-day total first).
+    days: list[str] = dataclasses.field(default_factory=list)
+    model_series: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # 30-day totals per model, in the same order.
+    by_model: dict[str, Totals] = dataclasses.field(default_factory=dict)
+    # (user id, tokens in 30 days), most first; only asked for with scope "server".
+    top_users: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
     def sparkline(self, days: int = 30) -> str:
         return sparkline(self.series[-days:])
@@ -67,10 +76,36 @@ def sparkline(values: list[int]) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, v * (len(SPARK) - 1) // top)] for v in values)
 
 
+def split_by_model(row: dict[str, int]) -> dict[str, dict[str, int]]:
+    """One day's counters as one row per model (fields `prompt|m`, `est_prompt|m`, ...)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in row.items():
+        kind, _, model = name.partition("|")
+        if not model:
+            continue
+        sub = out.setdefault(model, {})
+        sub[name] = value
+        plain = kind.removeprefix("est_")
+        sub[plain] = sub.get(plain, 0) + value
+    return out
+
+
 class UsageService:
-    def __init__(self, store: Store, config: UsageConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: UsageConfig,
+        *,
+        prices: Callable[[str], Price | None] | None = None,
+    ) -> None:
         self.store = store
         self.config = config
+        # Per-model prices from [models]; `usage.prices` answers for names it does not know.
+        self._prices = prices
+
+    def price(self, model: str) -> Price | None:
+        found = self._prices(model) if self._prices is not None else None
+        return found or self.config.prices.get(model)
 
     def check_quota(self, used_today: int) -> None:
         """Refuse before a request when the user's daily quota is spent."""
@@ -78,12 +113,22 @@ class UsageService:
         if quota and used_today >= quota:
             raise QuotaExceeded(used_today, quota)
 
-    async def report(self, scope: str, ident: int, now: float | None = None) -> UsageReport:
+    async def report(
+        self, scope: str, ident: int, now: float | None = None, *, top_users: int = 0
+    ) -> UsageReport:
         if scope not in SCOPES:
             raise ValueError(f"unknown usage scope {scope!r}")
         now = time.time() if now is None else now
         days = [utc_day(now - i * DAY) for i in range(29, -1, -1)]
         rows = await self.store.usage_days(scope, ident, days)
+        per_day = [split_by_model(row) for row in rows]
+        models = {m for day in per_day for m in day}
+        by_model = {m: self._sum([day.get(m, {}) for day in per_day]) for m in models}
+        order = sorted(models, key=lambda m: (-by_model[m].total, m))
+        top: list[tuple[int, int]] = []
+        if top_users and scope == "server":
+            users = await self.store.usage_users(ident, days)
+            top = sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))[:top_users]
         return UsageReport(
             scope=scope,
             ident=ident,
@@ -92,6 +137,16 @@ class UsageService:
             month=self._sum(rows),
             series=[row.get("prompt", 0) + row.get("completion", 0) for row in rows],
             currency=self.config.currency,
+            days=days,
+            model_series={
+                m: [
+                    d.get(m, {}).get("prompt", 0) + d.get(m, {}).get("completion", 0)
+                    for d in per_day
+                ]
+                for m in order
+            },
+            by_model={m: by_model[m] for m in order},
+            top_users=top,
         )
 
     def _sum(self, rows: list[dict[str, int]]) -> Totals:
@@ -111,7 +166,7 @@ class UsageService:
                 if estimated:
                     est_p += value if kind == "prompt" else 0
                     est_c += value if kind == "completion" else 0
-                price = self.config.prices.get(model)
+                price = self.price(model)
                 if price is not None:
                     priced = True
                     per_million = price.prompt if kind == "prompt" else price.completion
@@ -145,3 +200,15 @@ def summary_line(t: Totals) -> str:
     """How much of a total went to background summaries, apart from replies."""
     calls = "summary" if t.summary_requests == 1 else "summaries"
     return f"incl. {t.summary_total:,} for {t.summary_requests:,} {calls} of old messages"
+
+
+def describe_models(report: UsageReport, limit: int = 10) -> str:
+    """One line per model for the last 30 days: tokens and, when priced, cost."""
+    lines = []
+    for name, t in list(report.by_model.items())[:limit]:
+        cost = f" · ≈ {report.currency}{t.cost:,.4f}" if t.cost is not None else ""
+        lines.append(f"`{name}`: **{t.total:,}** tokens{cost}")
+    hidden = len(report.by_model) - limit
+    if hidden > 0:
+        lines.append(f"… and {hidden} more")
+    return "\n".join(lines)

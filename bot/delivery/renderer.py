@@ -90,6 +90,8 @@ class ReplyRenderer:
       (split by `plan_split`); earlier parts get one final edit without the marker;
     * `set_buttons` puts buttons under the reply's last message (earlier parts have
       none); a change is shown with the next edit, paced like text;
+    * `set_status` shows a line (e.g. "💭 Thinking… 14 s") as the reply while it has no
+      text yet, sent and updated like text; the first text replaces it;
     * a failing Sink call is retried with the newest text on a later cycle; after
       `max_failures` consecutive failures that message is given up (a failed send ends
       the stream), so `finish()` and `fail()` always return, at the latest after
@@ -125,9 +127,10 @@ class ReplyRenderer:
         self._length = 0
         self._parts: list[Part] = []
         self._desired: list[str] = []
-        self._desired_key: tuple[int, bool] = (-1, False)
+        self._desired_key: tuple[int, bool, str | None] = (-1, False, None)
         self._msgs: list[_Message] = []
         self._buttons: tuple[Button, ...] = ()
+        self._status: str | None = None
         self._closing = False
         self._note: str | None = None
         self._broken = False
@@ -189,6 +192,20 @@ class ReplyRenderer:
             self._start()
         self._wake()
 
+    def set_status(self, text: str | None) -> None:
+        """Show `text` as the reply until its first text arrives (None: no status).
+
+        Why: a thinking model can be silent in the channel for minutes; a status
+        message shows it is working. Changes go out as ordinary paced edits.
+        """
+        text = text[: self.limit] if text else None
+        if text == self._status:
+            return
+        self._status = text
+        if self._task is None:
+            self._start()
+        self._wake()
+
     async def finish(self) -> None:
         """Flush: every message ends with its final part and no marker."""
         await self._close(None)
@@ -230,13 +247,15 @@ class ReplyRenderer:
 
     def _plan(self) -> list[str]:
         """Desired content of every message for the newest text (cached per length)."""
-        key = (self._length, self._closing)
+        key = (self._length, self._closing, self._status)
         if key == self._desired_key:
             return self._desired
         parts = self._parts = self._splitter.split(self._text())
         out = [p.body for p in parts]
         if not self._closing:
-            if parts:
+            if not parts and self._status:
+                out = [self._status]
+            elif parts:
                 last = parts[-1]
                 out[-1] = self._fit(last.body + last.closer + self.marker, last.body + last.closer)
         elif self._note is not None:
@@ -282,7 +301,7 @@ class ReplyRenderer:
 
     async def _typing_phase(self) -> None:
         """Typing indicator until the first text, through the budget like any request."""
-        while self._length == 0 and not self._closing:
+        while self._length == 0 and not self._closing and self._status is None:
             grant = self.budget.request(self.sink.bucket("typing"), self._clock())
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
@@ -293,7 +312,7 @@ class ReplyRenderer:
                 self._waiter = None
                 if not grant.done():
                     grant.cancel()
-            if self._length or self._closing:
+            if self._length or self._closing or self._status is not None:
                 return
             self.stats.typing += 1
             await self._call(self.sink.typing())

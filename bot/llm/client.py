@@ -3,16 +3,20 @@
 Usage::
 
     async with client.stream(messages) as s:
-        async for delta in s:       # non-empty text pieces, as they arrive
+        async for delta in s:       # non-empty answer pieces, as they arrive
             ...
-    s.finish_reason, s.usage, s.text, s.model
+    s.finish_reason, s.usage, s.text, s.thinking, s.model
+
+    (or `async for d in s.deltas()` for typed `StreamDelta`s: thinking and answer)
 
 Why this shape:
-- `__aenter__` sends the request and waits for the first text delta, so every failure
-  before the model starts answering (HTTP errors, retries, the first-token timeout) is
-  raised there; afterwards only mid-stream failures (idle/total timeout, cut-off, a
+- `__aenter__` sends the request and waits for the first delta (thinking or answer), so
+  every failure before the model starts (HTTP errors, retries, the first-token timeout)
+  is raised there; afterwards only mid-stream failures (idle/total timeout, cut-off, a
   protocol error) come out of the iteration, with `s.text` still holding what arrived.
 - Retries happen only before the first token, so a person never sees text repeated.
+- Thinking is separated from the answer here (`bot.llm.thinking`), whatever the server's
+  format, and counts as the model being alive for the time-outs.
 - One absolute deadline per phase, checked around every await (no timer task per token).
 - The API key lives only in the request headers: it is redacted from every error text
   and never logged. Prompt and reply text are never logged at INFO or above.
@@ -55,13 +59,15 @@ from bot.llm.sse import (
     Finish,
     Malformed,
     ModelName,
+    ReasoningDelta,
     StreamError,
     TextDelta,
     Usage,
     parse_payload,
 )
+from bot.llm.thinking import StreamDelta, ThinkingSplitter
 
-__all__ = ["ChatStream", "LLMClient", "Usage", "classify_http_error"]
+__all__ = ["ChatStream", "LLMClient", "StreamDelta", "Usage", "classify_http_error"]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +204,9 @@ class LLMClient:
         )
         # Cleared once if the server rejects `stream_options` (some strict servers do).
         self._send_stream_options = True
+        # Set once the model showed that its output starts inside a thinking block
+        # (`llm.thinking_starts_open`), so only its first such reply shows thoughts.
+        self.learned_starts_open = False
 
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.config.base_url!r}, model={self.config.model!r})"
@@ -321,16 +330,17 @@ class ChatStream:
     def __init__(self, client: LLMClient, messages: list[dict[str, Any]]) -> None:
         self._client = client
         self._messages = messages
-        self._parts: list[str] = []
+        self._splitter = ThinkingSplitter()
+        self._alive = False  # any thinking or answer arrived (ends the first-token phase)
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.model: str = client.config.model
         self.attempts = 0
-        # Seconds from the start of the call to the first text delta, and to the end.
+        # Seconds from the start of the call to the first delta, and to the end.
         self.first_token_s: float | None = None
         self.duration_s: float | None = None
-        self._gen: AsyncGenerator[str, None] | None = None
-        self._pending: str | None = None
+        self._gen: AsyncGenerator[StreamDelta, None] | None = None
+        self._pending: StreamDelta | None = None
         self._start = 0.0
         self._total_deadline = 0.0
         self._retry_hint: float | None = None
@@ -338,10 +348,13 @@ class ChatStream:
 
     @property
     def text(self) -> str:
-        """All text received so far (also after a cut-off)."""
-        if len(self._parts) > 1:
-            self._parts[:] = ["".join(self._parts)]
-        return self._parts[0] if self._parts else ""
+        """All answer text received so far (also after a cut-off); never thinking."""
+        return _joined(self._splitter.answer_parts)
+
+    @property
+    def thinking(self) -> str:
+        """All thinking received so far (kept apart from the answer)."""
+        return _joined(self._splitter.thinking_parts)
 
     def __repr__(self) -> str:
         return (
@@ -375,6 +388,21 @@ class ChatStream:
         return self
 
     async def __anext__(self) -> str:
+        while True:
+            delta = await self._next_delta()
+            if not delta.thinking:
+                return delta.text
+
+    async def deltas(self) -> AsyncGenerator[StreamDelta, None]:
+        """Typed deltas, thinking and answer, as they arrive (instead of `async for`)."""
+        while True:
+            try:
+                delta = await self._next_delta()
+            except StopAsyncIteration:
+                return
+            yield delta
+
+    async def _next_delta(self) -> StreamDelta:
         if self._gen is None:
             raise RuntimeError("use `async with client.stream(messages) as s:` first")
         if self._pending is not None:
@@ -384,7 +412,7 @@ class ChatStream:
 
     # --- the call --------------------------------------------------------------------------
 
-    async def _run(self) -> AsyncGenerator[str, None]:
+    async def _run(self) -> AsyncGenerator[StreamDelta, None]:
         client, cfg = self._client, self._client.config
         loop = asyncio.get_running_loop()
         self._start = loop.time()
@@ -397,6 +425,9 @@ class ChatStream:
             self._status = None
             # Retries happen only before any text, so nothing from a failed attempt stays.
             self.finish_reason, self.usage, self.model = None, None, cfg.model
+            self._splitter = ThinkingSplitter(
+                starts_open=cfg.thinking_starts_open or client.learned_starts_open
+            )
             try:
                 async with contextlib.aclosing(self._attempt(loop)) as deltas:
                     async for delta in deltas:
@@ -412,7 +443,7 @@ class ChatStream:
                     client._send_stream_options = False
                     log.warning("The LLM server rejects stream_options; retrying without it")
                     continue
-                if not _is_retryable(err) or self._parts or retries >= cfg.max_retries:
+                if not _is_retryable(err) or self._alive or retries >= cfg.max_retries:
                     log.info(
                         "LLM call failed: %s%s after %d attempt(s) in %.2f s",
                         err.kind,
@@ -441,13 +472,14 @@ class ChatStream:
         self.duration_s = loop.time() - self._start
         log.debug(
             "LLM reply: model=%s finish=%s attempts=%d first_token=%s s duration=%.3f s "
-            "chars=%d usage=%s",
+            "chars=%d thinking_chars=%d usage=%s",
             self.model,
             self.finish_reason,
             self.attempts,
             None if self.first_token_s is None else round(self.first_token_s, 3),
             self.duration_s,
             len(self.text),
+            len(self.thinking),
             self.usage,
         )
 
@@ -468,7 +500,7 @@ class ChatStream:
             return deadline, phase
         return self._total_deadline, "total"
 
-    async def _attempt(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[str, None]:
+    async def _attempt(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[StreamDelta, None]:
         client, cfg = self._client, self._client.config
         first_deadline, first_phase = self._limit(
             loop.time() + cfg.first_token_timeout, "first_token"
@@ -495,7 +527,7 @@ class ChatStream:
                 if self.finish_reason is not None:
                     wait = min(cfg.idle_timeout, _AFTER_FINISH_WAIT)
                     deadline, phase = self._limit(loop.time() + wait, "idle")
-                elif self._parts:
+                elif self._alive:
                     deadline, phase = self._limit(loop.time() + cfg.idle_timeout, "idle")
                 else:
                     deadline, phase = first_deadline, first_phase
@@ -505,7 +537,7 @@ class ChatStream:
                         events: list[ChatEvent] = parse_payload(body.decode("utf-8", "replace"))
                         done = True
                     else:
-                        if self._parts and client.read_batch_s > 0:
+                        if self._alive and client.read_batch_s > 0:
                             await _gather_chunks(resp, client.read_batch_s, deadline)
                         async with asyncio.timeout_at(deadline):
                             data = await resp.content.readany()
@@ -522,14 +554,18 @@ class ChatStream:
                         detail=f"connection lost mid-stream ({type(exc).__name__}) "
                         f"after {len(self.text)} characters"
                     ) from exc
-                batch: list[str] = []
+                batch: list[StreamDelta] = []
                 failure: LLMError | None = None
+                splitter = self._splitter
                 for ev in events:
-                    if isinstance(ev, TextDelta):
-                        if not self._parts:
+                    if isinstance(ev, TextDelta | ReasoningDelta):
+                        if not self._alive:
+                            self._alive = True
                             self.first_token_s = loop.time() - self._start
-                        self._parts.append(ev.text)
-                        batch.append(ev.text)
+                        if isinstance(ev, TextDelta):
+                            _merge(batch, splitter.content(ev.text))
+                        else:
+                            _merge(batch, splitter.reasoning(ev.text))
                     elif isinstance(ev, Finish):
                         self.finish_reason = ev.reason
                     elif isinstance(ev, Usage):
@@ -545,12 +581,21 @@ class ChatStream:
                     elif isinstance(ev, Malformed):
                         failure = LLMProtocolError(detail=ev.detail)
                         break
-                if batch:
-                    # All text of one read goes up as one delta: one trip through the
-                    # layers above per read instead of per token.
-                    yield batch[0] if len(batch) == 1 else "".join(batch)
+                # All text of one read goes up as one delta per kind: one trip through
+                # the layers above per read instead of per token.
+                for delta in batch:
+                    yield delta
                 if failure is not None:
                     raise failure
+            for delta in self._splitter.close(self.finish_reason):
+                yield delta
+            if self._splitter.bare_close and not client.learned_starts_open:
+                client.learned_starts_open = True
+                log.warning(
+                    "The model sent </think> without <think>: its replies start inside a "
+                    "thinking block, and are read so from now on. Set "
+                    "llm.thinking_starts_open = true to have that from the start."
+                )
             if self.finish_reason is None:
                 raise LLMCutOff(
                     detail=f"the stream ended without a finish_reason after "
@@ -576,6 +621,22 @@ class ChatStream:
         if is_context_error(ev.message, ev.code, ev.type):
             return LLMContextTooLong(detail=detail)
         return LLMProtocolError(detail=detail)
+
+
+def _joined(parts: list[str]) -> str:
+    """The parts as one string, collapsed in place so repeated reads stay cheap."""
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]
+    return parts[0] if parts else ""
+
+
+def _merge(batch: list[StreamDelta], deltas: list[StreamDelta]) -> None:
+    """Append `deltas`, joining neighbours of the same kind."""
+    for d in deltas:
+        if batch and batch[-1].kind == d.kind:
+            batch[-1] = StreamDelta(d.kind, batch[-1].text + d.text)
+        else:
+            batch.append(d)
 
 
 async def _gather_chunks(resp: aiohttp.ClientResponse, seconds: float, deadline: float) -> None:

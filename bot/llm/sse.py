@@ -30,6 +30,7 @@ __all__ = [
     "Finish",
     "Malformed",
     "ModelName",
+    "ReasoningDelta",
     "SSEEvent",
     "SSEParser",
     "StreamError",
@@ -157,6 +158,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Thinking from a reasoning field (`reasoning_content`, `reasoning`,
+    `reasoning_details`); inline `<think>` tags arrive as `TextDelta`s."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: str
 
@@ -199,7 +208,7 @@ class Done:
     """The `data: [DONE]` sentinel."""
 
 
-ChatEvent = TextDelta | Finish | Usage | ModelName | StreamError | Malformed | Done
+ChatEvent = TextDelta | ReasoningDelta | Finish | Usage | ModelName | StreamError | Malformed | Done
 
 _DONE = Done()
 
@@ -229,6 +238,28 @@ def _stream_error(err: Any) -> StreamError:
             type=str(etype) if etype is not None else None,
         )
     return StreamError(message=_short(str(err)))
+
+
+def _reasoning(delta: dict[str, Any]) -> str:
+    """Thinking text of one delta, wherever the server put it.
+
+    OpenRouter sends the same text in `reasoning` and `reasoning_details`: the latter is
+    read only when the former is missing (summaries count; encrypted entries do not).
+    """
+    for key in ("reasoning_content", "reasoning"):
+        value = delta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    details = delta.get("reasoning_details")
+    if not isinstance(details, list):
+        return ""
+    texts = []
+    for item in details:
+        if isinstance(item, dict):
+            text = item.get("text", item.get("summary"))
+            if isinstance(text, str):
+                texts.append(text)
+    return "".join(texts)
 
 
 def parse_payload(data: str, event: str = "message") -> list[ChatEvent]:
@@ -263,6 +294,9 @@ def parse_payload(data: str, event: str = "message") -> list[ChatEvent]:
             if not isinstance(delta, dict):
                 delta = choice.get("message")  # a few servers send message-shaped chunks
             if isinstance(delta, dict):
+                reasoning = _reasoning(delta)
+                if reasoning:
+                    out.append(ReasoningDelta(reasoning))
                 content = delta.get("content")
                 if isinstance(content, str) and content:
                     out.append(TextDelta(content))

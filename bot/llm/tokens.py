@@ -41,6 +41,16 @@ class TokenCounter:
         self._ratio = 1.0
         self._observations = 0
 
+    def fork(self) -> TokenCounter:
+        """A counter sharing this one's vocabulary but calibrating on its own.
+
+        Why: each model (family) counts tokens its own way; one shared ratio would be
+        pulled back and forth when channels use different models.
+        """
+        twin = TokenCounter(self._encoding_name)
+        twin._encoding = self._encoding
+        return twin
+
     def load(self) -> None:
         """Load the vocabulary now (takes most of a second) instead of on the first reply."""
         self._get_encoding()

@@ -126,12 +126,17 @@ if #ARGV >= 8 + n then redis.call('expire', KEYS[5], ARGV[6]) end
 if redis.call('get', KEYS[3]) == ARGV[4] then redis.call('del', KEYS[3]) end
 return {appended, redis.call('llen', KEYS[1])}
 """
-# One scope's usage counters for one turn, idempotent. KEYS: usage hash, guard.
-# ARGV: usage TTL s, guard TTL s, then field/increment pairs. Returns 1 if it counted.
+# One scope's usage counters for one turn, idempotent. KEYS: usage hash, guard, and for a
+# server its per-user totals of the day. ARGV: usage TTL s, guard TTL s, user id and tokens
+# for those totals ("" and 0 without), then field/increment pairs. Returns 1 if it counted.
 _COUNT = """
 if not redis.call('set', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 0 end
-for i = 3, #ARGV, 2 do redis.call('hincrby', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('hincrby', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('expire', KEYS[1], ARGV[1])
+if KEYS[3] and ARGV[3] ~= '' then
+  redis.call('hincrby', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('expire', KEYS[3], ARGV[1])
+end
 return 1
 """
 # Replace the oldest turns by the summary that covers them, in one step, only if nothing
@@ -222,6 +227,20 @@ class Keys:
         tag = {"user": "u", "channel": "c", "server": "g"}[scope]
         return f"{self.prefix}:{{{tag}{ident}}}:usage:{day}"
 
+    def usage_users(self, guild_id: int, day: str) -> str:
+        """Tokens per user in one server on one day (for /usage scope: server)."""
+        return f"{self.prefix}:{{g{guild_id}}}:usage_users:{day}"
+
+    def channel_model(self, channel_id: int) -> str:
+        return f"{self.prefix}:{{c{channel_id}}}:model"
+
+    def guild_model(self, guild_id: int) -> str:
+        return f"{self.prefix}:{{g{guild_id}}}:model"
+
+    def thoughts(self, channel_id: int, key: str) -> str:
+        """A reply's thinking, for its "Show thinking" button (not part of the history)."""
+        return f"{self.prefix}:{{c{channel_id}}}:thoughts:{key}"
+
     def queue(self, channel_id: int) -> str:
         """The channel's waiting tickets, in arrival order."""
         return f"{self.prefix}:{{c{channel_id}}}:queue"
@@ -247,6 +266,15 @@ class PersonaLayers:
     channel: StoredPersona | None
     parent: StoredPersona | None
     guild: StoredPersona | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLayers:
+    """The model names chosen with /model that apply to a place, most specific first."""
+
+    channel: str | None
+    parent: str | None
+    guild: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,15 +596,12 @@ class Store:
     def _queue_count(
         self, pipe: Any, scope: str, ident: int, turn_id: str, fields: _UsageFields
     ) -> None:
-        pipe.eval(
-            _COUNT,
-            2,
-            self.keys.usage(scope, ident, fields.day),
-            self.keys.done(scope, ident, turn_id),
-            USAGE_TTL,
-            GUARD_TTL,
-            *fields.pairs,
-        )
+        keys = [self.keys.usage(scope, ident, fields.day), self.keys.done(scope, ident, turn_id)]
+        user: tuple[str | int, int] = ("", 0)
+        if scope == "server" and fields.user_id is not None:  # top users of the server
+            keys.append(self.keys.usage_users(ident, fields.day))
+            user = (fields.user_id, fields.tokens)
+        pipe.eval(_COUNT, len(keys), *keys, USAGE_TTL, GUARD_TTL, *user, *fields.pairs)
 
     def _retry_counts(
         self, scopes: list[tuple[str, int]], turn_id: str, fields: _UsageFields
@@ -617,7 +642,8 @@ class Store:
             f"{est}prompt|{rec.model}", rec.usage.prompt_tokens,
             f"{est}completion|{rec.model}", rec.usage.completion_tokens,
         )  # fmt: skip
-        return _UsageFields(utc_day(), pairs)
+        user = None if rec.kind == "summary" else rec.user_id
+        return _UsageFields(utc_day(), pairs, user, rec.usage.total)
 
     # --- reset, personas, chat mode ----------------------------------------------------
 
@@ -736,6 +762,68 @@ class Store:
         key = self.keys.chat_mode(channel_id)
         await self._call(lambda: self.redis.set(key, "1") if on else self.redis.delete(key))
 
+    # --- model choice (/model) ----------------------------------------------------------
+
+    def _model_key(self, scope: str, ident: int) -> str:
+        if scope == "server":
+            return self.keys.guild_model(ident)
+        return self.keys.channel_model(ident)
+
+    async def set_model(self, scope: str, ident: int, name: str) -> None:
+        key = self._model_key(scope, ident)
+        await self._call(lambda: self.redis.set(key, name))
+
+    async def clear_model(self, scope: str, ident: int) -> bool:
+        key = self._model_key(scope, ident)
+        return bool(await self._call(lambda: self.redis.delete(key)))
+
+    async def model_layers(self, place: Place) -> ModelLayers:
+        """One round trip for the channel's, its parent's and its server's choice."""
+        k = self.keys
+        keys = [k.channel_model(place.channel_id)]
+        if place.parent_id:
+            keys.append(k.channel_model(place.parent_id))
+        if place.guild_id:
+            keys.append(k.guild_model(place.guild_id))
+
+        async def load() -> list[Any]:
+            # Separate GETs, not MGET: the keys live in different cluster slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                return await pipe.execute()
+
+        values = iter([_s(v) if v else None for v in await self._call(load)])
+        return ModelLayers(
+            channel=next(values),
+            parent=next(values) if place.parent_id else None,
+            guild=next(values) if place.guild_id else None,
+        )
+
+    async def usage_users(self, guild_id: int, days: list[str]) -> dict[int, int]:
+        """Tokens per user in a server, summed over `days`."""
+
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hgetall(self.keys.usage_users(guild_id, day))
+                return await pipe.execute()
+
+        totals: dict[int, int] = {}
+        for row in await self._call(load):
+            for user, tokens in row.items():
+                totals[int(_s(user))] = totals.get(int(_s(user)), 0) + int(tokens)
+        return totals
+
+    async def keep_thoughts(self, channel_id: int, key: str, text: str, ttl_s: int) -> None:
+        name = self.keys.thoughts(channel_id, key)
+        await self._call(lambda: self.redis.set(name, text, ex=ttl_s))
+
+    async def thoughts(self, channel_id: int, key: str) -> str | None:
+        name = self.keys.thoughts(channel_id, key)
+        raw = await self._call(lambda: self.redis.get(name))
+        return None if raw is None else _s(raw)
+
     async def usage_days(self, scope: str, ident: int, days: list[str]) -> list[dict[str, int]]:
         """Raw per-day usage hashes for one user, channel or server."""
 
@@ -768,6 +856,8 @@ class _UsageFields:
 
     day: str
     pairs: tuple[str | int, ...]
+    user_id: int | None  # whose tokens they are (None: a summary, nobody's)
+    tokens: int
 
 
 class TurnLock:

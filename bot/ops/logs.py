@@ -208,6 +208,7 @@ def redis_url_secrets(url: str) -> list[str]:
 def secrets_from_config(config: Config) -> list[str]:
     """Every secret value in the loaded configuration, for `setup_logging(secrets=...)`."""
     values = [config.discord.token, config.llm.api_key, *redis_url_secrets(config.redis.url)]
+    values += [provider.api_key for provider in config.providers.values()]
     return [v for v in values if v]
 
 

@@ -11,6 +11,9 @@ Each chat request takes the next `Behavior` from a FIFO queue (or the default on
 answers like real servers do (see /work/shared/llm-server-notes.md): a role-only first
 chunk with `content: null`, content chunks, an empty delta with `finish_reason`, a usage
 chunk with `choices: []` when `stream_options.include_usage` was asked for, `data: [DONE]`.
+Thinking models: `Behavior(thinking=..., thinking_format=...)` sends thoughts before the
+answer in each format real servers use (`reasoning_content`, `reasoning`,
+`reasoning_details`, inline `<think>` tags split across chunks, closing tag only).
 Faults are switches on `Behavior`: HTTP errors, hangs, dropped connections, malformed JSON,
 missing [DONE] / finish_reason / usage, keep-alive comments, an error object mid-stream.
 
@@ -215,6 +218,14 @@ class Behavior:
     data_prefix: str = "data: "  # or "data:"
     compact_json: bool = False
     write_size: int | None = None  # split every event into writes of this many bytes
+    # Thinking before the answer: the thoughts (one chunk per word), where they go
+    # ("reasoning_content", "reasoning", "reasoning_details", "inline", "closing_only"),
+    # their pace (chunks per second; None: as fast as possible), and `cut_in_thinking`:
+    # end after the thoughts (with `finish_reason`, e.g. "length"), never answering.
+    thinking: str | None = None
+    thinking_format: str = "reasoning_content"
+    thinking_tps: float | None = None
+    cut_in_thinking: bool = False
 
     @classmethod
     def error(
@@ -264,6 +275,8 @@ class RecordedRequest:
     status: int = 200
     chunks: list[ChunkRecord] = field(default_factory=list)
     prompt_tokens: int = 0
+    thinking: str = ""  # the thoughts sent (not part of `text`)
+    thinking_chunks: int = 0
     finished: float | None = None
     summary: bool = False  # a summarising request (see `is_summary_request`)
     # "complete", "error", "hang", "drop", "client_gone", "cancelled", "json", "bad_json"
@@ -495,6 +508,10 @@ class _Streamer:
             # Chunk i is due at ttft + i/tps after the headers: an absolute schedule, so
             # the pace does not drift with write overhead.
             first_due = asyncio.get_running_loop().time() + beh.ttft
+            if beh.thinking is not None:
+                first_due = await self._think(first_due)
+                if beh.cut_in_thinking:
+                    pieces = []
             for i in range(len(pieces) + 1):
                 if await self._faults(i):
                     return self.resp
@@ -509,13 +526,15 @@ class _Streamer:
             if beh.finish_reason is not None:
                 await self._chunk({}, finish_reason=beh.finish_reason)
             if self.include_usage and beh.usage:
-                n = len(rec.chunks)
+                n = len(rec.chunks) + rec.thinking_chunks
                 usage = {
                     "prompt_tokens": rec.prompt_tokens,
                     "completion_tokens": n,
                     "total_tokens": rec.prompt_tokens + n,
                     **beh.usage_extra,
                 }
+                if rec.thinking_chunks:
+                    usage["completion_tokens_details"] = {"reasoning_tokens": rec.thinking_chunks}
                 await self._event({**self._base(), "choices": [], "usage": usage})
             if beh.send_done:
                 await self._send(f"{beh.data_prefix}[DONE]{beh.line_end}{beh.line_end}")
@@ -524,6 +543,50 @@ class _Streamer:
         except (_Stop, ConnectionError):
             rec.outcome = rec.outcome or "client_gone"
         return self.resp
+
+    async def _think(self, first_due: float) -> float:
+        """Send the thoughts in the behaviour's format; returns when the answer is due."""
+        beh, rec = self.beh, self.rec
+        assert beh.thinking is not None
+        words = tokenize(beh.thinking)
+        fmt = beh.thinking_format
+        before: list[str] = []
+        after: list[str] = []
+        if fmt == "inline":
+            before, after = ["<thi", "nk>\n"], ["\n</th", "ink>\n\n"]
+        elif fmt == "closing_only":
+            after = ["\n</think>\n\n"]
+        elif fmt not in ("reasoning_content", "reasoning", "reasoning_details"):
+            raise ValueError(f"unknown thinking_format {fmt!r}")
+        if beh.cut_in_thinking:
+            after = []
+        tps = beh.thinking_tps or beh.tps
+        loop = asyncio.get_running_loop()
+        for tag in before:
+            await self._chunk({"content": tag})
+        for i, word in enumerate(words):
+            await self._wait_until(first_due + (i / tps if tps else 0.0))
+            if fmt == "reasoning_content":
+                await self._chunk({"reasoning_content": word})
+            elif fmt == "reasoning":
+                await self._chunk({"role": "assistant", "content": "", "reasoning": word})
+            elif fmt == "reasoning_details":
+                detail = {"type": "reasoning.text", "text": word, "format": "unknown", "index": 0}
+                await self._chunk(
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "reasoning": word,
+                        "reasoning_details": [detail],
+                    }
+                )
+            else:
+                await self._chunk({"content": word})
+            rec.thinking += word
+            rec.thinking_chunks += 1
+        for tag in after:
+            await self._chunk({"content": tag})
+        return loop.time()
 
     async def _faults(self, i: int) -> bool:
         """Apply the faults due after `i` content chunks; True if the answer ends here."""
