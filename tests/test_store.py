@@ -21,7 +21,7 @@ from bot.errors import (
 )
 from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
-from bot.memory.store import Store, UsageRecord
+from bot.memory.store import Store, UsageRecord, utc_day
 from bot.models import Place, StoredPersona, TokenUsage, Turn
 from tests.cluster import connect
 
@@ -345,9 +345,11 @@ async def test_commit_and_usage_writes_are_idempotent(redis_client: aioredis.Red
     for scope, ident in [("user", 7), ("channel", 10), ("server", 1)]:
         report = await service.report(scope, ident)
         assert (report.today.prompt, report.today.completion, report.today.requests) == (10, 20, 1)
+    assert await store.usage_users(1, [utc_day()]) == {7: 30}, "the server's top users too"
     # Without a turn (no lock), each call is its own reply and counts.
     await store.record_usage(rec)
     assert (await service.report("user", 7)).today.requests == 2
+    assert await store.usage_users(1, [utc_day()]) == {7: 60}
 
 
 async def test_store_uses_the_cluster_client_on_a_cluster(
