@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -173,6 +174,8 @@ async def sync_commands(config: Config, guild_id: int | None) -> None:
 
 
 async def _sync_commands(config: Config, guild_id: int | None, shutdown: Shutdown) -> None:
+    # Registering commands needs no tool servers: don't start them.
+    config = dataclasses.replace(config, mcp=dataclasses.replace(config.mcp, servers=[]))
     async with open_services(config) as services:
         shutdown.checkpoint()
         bot = make_bot(services)

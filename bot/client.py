@@ -36,6 +36,7 @@ EXTENSIONS = (
     "cogs.memory",
     "cogs.model",
     "cogs.thinking",
+    "cogs.tools",
 )
 
 # What the bot needs, and why: read and answer in channels and threads, edit its own

@@ -119,6 +119,8 @@ class LLMConfig:
     max_retries: int = field(default=2, metadata=_between(0, 10))
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # Offer the model the MCP tools of `[[mcp.servers]]` (it must support function calling).
+    tools: bool = False
     # With [models.NAME] tables: the one used where /model chose none (empty: the first).
     default_model: str = ""
     # The model's output starts inside a thinking block whose `<think>` is in the prompt
@@ -276,6 +278,55 @@ class HealthConfig:
     port: int = field(default=8080, metadata=_between(1, 65535))
 
 
+def _tool_name_ok(name: str) -> bool:
+    return 0 < len(name) <= 64 and all(c.isalnum() or c in "_-" for c in name)
+
+
+@dataclass(frozen=True)
+class MCPServerConfig:
+    """One MCP tool server (`[[mcp.servers]]`): a command over stdio, or a URL."""
+
+    name: str = field(default="", metadata=_check(_tool_name_ok, "1 to 64 letters, digits, _ or -"))
+    # stdio: the program to start, its arguments and extra environment (secrets welcome:
+    # the values never reach the logs).
+    command: str = ""
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    # Streamable HTTP: the server's endpoint, and headers (e.g. Authorization; secret too).
+    url: str = field(default="", metadata=_is_url(("http://", "https://")))
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    # Tools of this server the model may use; empty: all of them.
+    allowed_tools: list[str] = field(default_factory=list)
+    # Seconds one tool call may take before it counts as failed.
+    timeout_s: float = field(default=30.0, metadata=_between(0.1, 3600))
+
+    def __post_init__(self) -> None:
+        if bool(self.command) == bool(self.url):
+            raise ConfigError(
+                f"mcp.servers.{self.name or '?'}: needs exactly one of `command` (stdio) "
+                "or `url` (streamable HTTP)"
+            )
+
+
+@dataclass(frozen=True)
+class MCPConfig:
+    servers: list[MCPServerConfig] = field(default_factory=list)
+    # Rounds of tool calls in one reply before the model must answer.
+    max_steps: int = field(default=5, metadata=_between(1, 50))
+    # Longest tool result (characters) sent to the model; the rest is cut with a note.
+    max_result_chars: int = field(default=8000, metadata=_between(100, 1_000_000))
+    # Store the (capped) tool results with the answer, so the next turn sees them too.
+    keep_results: bool = False
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.servers]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(
+                    f"mcp.servers: the name {name!r} is used twice; names must differ"
+                )
+
+
 @dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
@@ -286,6 +337,7 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    mcp: MCPConfig = field(default_factory=MCPConfig)
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     models: dict[str, ModelConfig] = field(default_factory=dict)
 

@@ -20,6 +20,7 @@ from bot.chat.usage import summary_line
 from bot.errors import BotError, user_message
 from bot.models import Place, Speaker
 from bot.services import Services
+from bot.tools.loop import ToolStep, step_line
 
 HELP = """Commands:
   /persona                 show the persona in use
@@ -91,6 +92,15 @@ class Console:
         thinking = _Thinking(self)
         async with conv.reply(self.place, self.speaker, text) as reply:
             reply.on_thinking = thinking
+            shown: set[int] = set()
+
+            def steps(done: list[ToolStep]) -> None:
+                for i, step in enumerate(done):
+                    if step.state != "running" and i not in shown:
+                        shown.add(i)
+                        self.say(f"[{step_line(step).removeprefix('-# ')}] ", end="")
+
+            reply.on_tool_steps = steps
             async for delta in reply:
                 thinking.end()
                 self.say(delta, end="")

@@ -124,6 +124,14 @@ class LLMOnlyThought(LLMError):
         )
 
 
+class ToolStepsExhausted(LLMError):
+    kind = "tool_steps"
+    user_text = (
+        "The model kept calling tools without answering, up to the limit (`mcp.max_steps`). "
+        "Try asking more precisely."
+    )
+
+
 class LLMProtocolError(LLMError):
     kind = "protocol"
     user_text = "The language model server sent a reply the bot could not read."

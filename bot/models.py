@@ -36,9 +36,14 @@ class Turn:
     author_id: int | None = None
     author_name: str | None = None
     message_id: int | None = None
+    # An answer that used tools: what the next turns should know of them (see bot.tools).
+    tool_note: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        data = asdict(self)
+        if data["tool_note"] is None:
+            del data["tool_note"]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Turn:
@@ -51,6 +56,7 @@ class Turn:
             author_id=data.get("author_id"),
             author_name=data.get("author_name"),
             message_id=data.get("message_id"),
+            tool_note=data.get("tool_note"),
         )
 
 

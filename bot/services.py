@@ -36,6 +36,8 @@ from bot.memory.cluster import cluster_client, wants_cluster
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store
 from bot.ops.metrics import Metrics
+from bot.tools.control import ToolService
+from bot.tools.mcp import ToolManager
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Services:
     summaries: SummaryService
     memory: MemoryService
     thoughts: ThoughtsService
+    tools: ToolService | None = None
 
 
 async def wait_for_redis(
@@ -180,6 +183,11 @@ async def open_services(
         # Closed before the session and Redis (the stack unwinds in reverse).
         stack.push_async_callback(summaries.close)
         personas = PersonaService(store, config.persona)
+        # MCP tool servers start with the bot (and keep retrying in the background).
+        manager = ToolManager(config.mcp)
+        stack.push_async_callback(manager.stop)
+        await manager.start()
+        tools = ToolService(manager, store, config.mcp)
         yield Services(
             config=config,
             store=store,
@@ -196,6 +204,7 @@ async def open_services(
                 summaries=summaries,
                 models=models,
                 choices=model_choice,
+                tools=tools,
             ),
             personas=personas,
             usage=usage,
@@ -212,4 +221,5 @@ async def open_services(
                 summaries=summaries,
             ),
             thoughts=ThoughtsService(store),
+            tools=tools,
         )

@@ -22,6 +22,7 @@ from bot.delivery.renderer import ReplyRenderer
 from bot.delivery.thinking import ThinkingStatus, thinking_button
 from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
 from bot.models import Button, Speaker
+from bot.tools.loop import steps_header
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class Chat(commands.Cog):
                 conversation = self.services.conversations
                 async with conversation.reply(place, speaker, text, message_id=message.id) as reply:
                     reply.on_thinking = thinking
+                    reply.on_tool_steps = lambda steps: renderer.set_header(steps_header(steps))
                     async for delta in reply:
                         renderer.push(delta)
                 renderer.set_buttons(await self.thought_buttons(place.channel_id, thinking.text))

@@ -815,7 +815,7 @@ def synced() -> Outcome:
     return run_scenario(_sync_scenario)
 
 
-EXPECTED_COMMANDS = {"persona", "reset", "usage", "chat", "memory", "model"}
+EXPECTED_COMMANDS = {"persona", "reset", "usage", "chat", "memory", "model", "tools"}
 
 
 def test_sync_guild_registers_the_commands_in_that_server(synced: Outcome) -> None:

@@ -211,7 +211,7 @@ def standin_wrapper_env(standin: DiscordStandIn, tmp_path: Path, config: Path) -
     )
 
 
-EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage", "memory", "model"}
+EXPECTED_COMMANDS = {"chat", "persona", "reset", "usage", "memory", "model", "tools"}
 
 
 async def test_run_sync_guild_registers_the_commands_in_that_server(

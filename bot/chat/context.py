@@ -39,6 +39,8 @@ def speaker_line(name: str | None, text: str) -> str:
 def as_message(turn: Turn) -> dict[str, Any]:
     if turn.role == "user":
         return {"role": "user", "content": speaker_line(turn.author_name, turn.content)}
+    if turn.tool_note:
+        return {"role": turn.role, "content": f"{turn.tool_note}\n\n{turn.content}"}
     return {"role": turn.role, "content": turn.content}
 
 

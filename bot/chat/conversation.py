@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import render, resolve
 from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
-from bot.config import LLMConfig, ModelSpec
+from bot.config import LLMConfig, MCPConfig, ModelSpec
 from bot.errors import BotError, LLMEmptyReply, LLMError, LLMOnlyThought, MemoryUnavailable
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.models import ModelRegistry
@@ -31,6 +32,9 @@ from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
 from bot.models import Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
+from bot.tools.control import ToolService
+from bot.tools.loop import CHARS_PER_TOKEN, ToolRun, ToolStep
+from bot.tools.mcp import ToolInfo
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class ConversationService:
         summaries: SummaryService | None = None,
         models: ModelRegistry | None = None,
         choices: ModelChoiceService | None = None,
+        tools: ToolService | None = None,
     ) -> None:
         self.store = store
         self.summaries = summaries
@@ -84,12 +89,17 @@ class ConversationService:
         # Several models (/model): without a registry, `llm` is the one model.
         self.models = models or ModelRegistry.single(llm, counter)
         self.choices = choices or ModelChoiceService(store, self.models)
+        self.tools = tools
 
     def reply(
         self, place: Place, speaker: Speaker, text: str, *, message_id: int | None = None
     ) -> Reply:
         """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`."""
         return Reply(self, place, speaker, text, message_id)
+
+    async def model_offers_tools(self, place: Place) -> bool:
+        """Whether the model answering in `place` may call tools (its `tools` flag)."""
+        return (await self.choices.current(place)).spec.tools
 
     async def reset(self, channel_id: int) -> int:
         return await self.store.reset(channel_id)
@@ -130,6 +140,9 @@ class Reply:
         self.counter = service.counter
         self._notes: list[str] = []
         self.on_thinking: Callable[[str], None] | None = None
+        # Tool use: set `on_tool_steps` (before iterating) to see each call as it runs.
+        self.on_tool_steps: Callable[[list[ToolStep]], None] | None = None
+        self._tools: ToolRun | None = None
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -154,28 +167,37 @@ class Reply:
                 message_id=self.message_id,
             )
             user_turn = self._user_turn
+            # Tools this place may use; each model in the fallback chain says whether it can.
+            available = await self._available_tools()
+            offered: dict[str, list[ToolInfo]] = {}
 
             def messages_for(spec: ModelSpec) -> list[dict[str, Any]]:
                 # Each model has its own context budget and token calibration.
                 self.spec, self.counter = spec, s.models.counter(spec)
+                tools = offered[spec.name] = available if spec.tools else []
                 self.context = build_context(
                     system,
                     loaded.history,
                     user_turn,
-                    context_tokens=spec.context_tokens,
+                    context_tokens=spec.context_tokens - self._tool_reserve(tools),
                     reply_tokens=spec.max_tokens,
                     counter=self.counter,
                     summary=loaded.summary.text if loaded.summary else "",
                 )
                 return self.context.messages
 
+            def tools_for(spec: ModelSpec) -> list[dict[str, Any]] | None:
+                return [t.spec() for t in offered[spec.name]] or None
+
             if s.metrics:
                 s.metrics.reply_started()
             self._started = time.monotonic()
-            routed = await s.models.open(self._stack, self.spec, messages_for)
+            routed = await s.models.open(self._stack, self.spec, messages_for, tools_for)
             self._stream = routed.stream
             if routed.failed:
                 self._notes.append(fallback_note(routed.failed[0][0].name, routed.spec.name))
+            if offered[routed.spec.name]:
+                self._tools = self._tool_run(offered[routed.spec.name])
         except BaseException as exc:
             self._note_failure(exc)
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -187,7 +209,8 @@ class Reply:
 
     async def _iterate(self) -> AsyncIterator[str]:
         assert self._stream is not None, "use `async with` before iterating"
-        async for delta in self._stream.deltas():
+        source = self._tools.run(self._stream) if self._tools else self._stream.deltas()
+        async for delta in source:
             if self._first_token_at is None:
                 self._first_token_at = time.monotonic()
                 if self.s.metrics:
@@ -203,17 +226,25 @@ class Reply:
         assert stream is not None and self.context is not None and self._user_turn is not None
         assert self._lock is not None
         text = stream.text
+        note = None
+        if self._tools:
+            stream, text = self._tools.last, self._tools.text
+            note = self._tools.history_note(self._tool_config().keep_results)
         if not text.strip():
             if stream.thinking.strip():
                 raise LLMOnlyThought(cut=stream.finish_reason == "length")
             raise LLMEmptyReply()
-        usage = self._usage(stream)
+        usage = self._tool_usage() if self._tools else self._usage(stream)
         reply_turn = Turn(
             role="assistant",
             content=text,
-            # Thinking tokens are in `completion_tokens` but not in the stored turn.
-            tokens=self.counter.count(text) if stream.thinking else usage.completion_tokens,
+            # Thinking tokens are in `completion_tokens` but not in the stored turn; a
+            # tool loop's usage covers several calls.
+            tokens=self.counter.count(text) + self.counter.count(note or "")
+            if note or stream.thinking
+            else usage.completion_tokens,
             at=time.time(),
+            tool_note=note,
         )
         length = await s.store.commit(
             self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
@@ -254,17 +285,86 @@ class Reply:
                 FoldTask(self.place, self._persona_tokens, message_tokens, self.s.bot_name)
             )
 
-    def _usage(self, stream: ChatStream) -> TokenUsage:
-        """Reported usage if the provider sent it (and learn from it), else our estimate."""
+    def _usage(self, stream: ChatStream, extra_prompt: int = 0) -> TokenUsage:
+        """Reported usage if the provider sent it (and learn from it), else our estimate.
+
+        `extra_prompt`: tokens a tool loop's request had beyond the history (no learning
+        from those: the specs and results are not in our estimate the same way)."""
         assert self.context is not None
         reported = stream.usage
         if reported is not None and reported.prompt_tokens > 0:
-            self.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
+            if not extra_prompt:
+                self.counter.observe(self.context.prompt_tokens, reported.prompt_tokens)
             return TokenUsage(reported.prompt_tokens, reported.completion_tokens)
         return TokenUsage(
-            self.counter.calibrated(self.context.prompt_tokens),
+            self.counter.calibrated(self.context.prompt_tokens + extra_prompt),
             self.counter.count(stream.text) + self.counter.count(stream.thinking),
             estimated=True,
+        )
+
+    # --- tools (bot.tools) ----------------------------------------------------------------
+
+    def _tool_config(self) -> MCPConfig:
+        assert self.s.tools is not None
+        return self.s.tools.config
+
+    async def _available_tools(self) -> list[ToolInfo]:
+        """The tools of this place, if a model that may answer here (fallbacks included)
+        can use them; each model then gets them only with its own `tools` flag."""
+        s = self.s
+        if s.tools is None or not any(m.tools for m in s.models.chain(self.spec)):
+            return []
+        return await s.tools.for_reply(self.place, True)
+
+    def _tool_reserve(self, tools: list[ToolInfo]) -> int:
+        """Context tokens history leaves for the tools: their descriptions, and room for
+        results (up to a quarter of the window)."""
+        if not tools:
+            return 0
+        window = self.spec.context_tokens
+        results = min(self._tool_config().max_result_chars // CHARS_PER_TOKEN, window // 4)
+        return self.counter.count(json.dumps([t.spec() for t in tools])) + results
+
+    def _tool_run(self, tools: list[ToolInfo]) -> ToolRun:
+        s, context = self.s, self.context
+        assert s.tools is not None and context is not None
+
+        async def open_next(
+            messages: list[dict[str, object]], specs: list[dict[str, object]], choice: str | None
+        ) -> ChatStream:
+            stream = s.models.client(spec).stream(messages, tools=specs, tool_choice=choice)
+            return await self._stack.enter_async_context(stream)
+
+        def show(steps: list[ToolStep]) -> None:
+            if self.on_tool_steps is not None:
+                self.on_tool_steps(steps)
+
+        spec, counter = self.spec, self.counter  # the model answering (after any fallback)
+        left = spec.context_tokens - spec.max_tokens - context.prompt_tokens
+        return ToolRun(
+            manager=s.tools.manager,
+            tools=tools,
+            config=s.tools.config,
+            messages=context.messages,
+            open_stream=open_next,
+            counter=counter,
+            context_left=left,
+            spec_tokens=counter.count(json.dumps([t.spec() for t in tools])),
+            metrics=s.metrics,
+            on_steps=show,
+        )
+
+    def _tool_usage(self) -> TokenUsage:
+        """Usage summed over every model call of the tool loop."""
+        assert self._tools is not None
+        calls = [
+            self._usage(st, extra)
+            for st, extra in zip(self._tools.streams, self._tools.extra_prompt, strict=True)
+        ]
+        return TokenUsage(
+            sum(u.prompt_tokens for u in calls),
+            sum(u.completion_tokens for u in calls),
+            estimated=any(u.estimated for u in calls),
         )
 
     def _usage_record(self, usage: TokenUsage) -> UsageRecord:
@@ -307,6 +407,15 @@ class Reply:
                 estimated=True,
             )
         )
+        if self._tools and self._tools.streams:  # every model call of the tool loop
+            usage = TokenUsage(
+                sum(
+                    self.counter.calibrated(self.context.prompt_tokens + extra)
+                    for extra in self._tools.extra_prompt
+                ),
+                self.counter.count(self._tools.text),
+                estimated=True,
+            )
         with contextlib.suppress(BotError):
             await self.s.store.record_usage(self._usage_record(usage), self._lock)
 

@@ -141,6 +141,7 @@ class ReplyRenderer:
         self._waiter: asyncio.Future[None] | None = None
         self._wake_len = 0  # push wakes the task only once the text is longer than this
         self._task: asyncio.Task[None] | None = None
+        self._header = ""  # shown above the text in the first message (see set_header)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -181,6 +182,27 @@ class ReplyRenderer:
             w.set_result(None)
         if self._task is None:
             self._start()
+
+    def set_header(self, header: str) -> None:
+        """Show `header` (e.g. the tool steps) above the text, at the top of the first
+        message; it is not part of `text`. Split and paced like text; ignored once
+        finishing."""
+        if header == self._header or self._closing:
+            return
+        old = len(self._header) + 1 if self._header else 0
+        self._header = header
+        self._length += (len(header) + 1 if header else 0) - old
+        # The text no longer extends the previous one: plan the split afresh.
+        self._splitter = IncrementalSplitter(self.limit)
+        self._desired_key = (-1, *self._desired_key[1:])  # re-plan whatever the key holds
+        now = self._clock()
+        if self._since_snapshot is None:
+            self._since_snapshot = now
+        if self._unseen_since is None:
+            self._unseen_since = now
+        if self._task is None:
+            self._start()
+        self._wake()
 
     def set_buttons(self, buttons: tuple[Button, ...]) -> None:
         """Show `buttons` under the reply's last message from the next edit on (also
@@ -250,7 +272,8 @@ class ReplyRenderer:
         key = (self._length, self._closing, self._status)
         if key == self._desired_key:
             return self._desired
-        parts = self._parts = self._splitter.split(self._text())
+        text = f"{self._header}\n{self._text()}" if self._header else self._text()
+        parts = self._parts = self._splitter.split(text)
         out = [p.body for p in parts]
         if not self._closing:
             if not parts and self._status:

@@ -62,10 +62,12 @@ from bot.llm.sse import (
     ReasoningDelta,
     StreamError,
     TextDelta,
+    ToolCallDelta,
     Usage,
     parse_payload,
 )
 from bot.llm.thinking import StreamDelta, ThinkingSplitter
+from bot.llm.toolcalls import ToolCall, ToolCallAccumulator
 
 __all__ = ["ChatStream", "LLMClient", "StreamDelta", "Usage", "classify_http_error"]
 
@@ -211,11 +213,27 @@ class LLMClient:
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.config.base_url!r}, model={self.config.model!r})"
 
-    def stream(self, messages: list[dict[str, Any]]) -> ChatStream:
-        """A streamed chat completion; use as `async with client.stream(m) as s`."""
-        return ChatStream(self, messages)
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+    ) -> ChatStream:
+        """A streamed chat completion; use as `async with client.stream(m) as s`.
 
-    def payload(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        With `tools` (OpenAI function specs) the model may answer with `s.tool_calls`.
+        """
+        stream = ChatStream(self, messages)
+        stream.tools, stream.tool_choice = tools, tool_choice
+        return stream
+
+    def payload(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+    ) -> dict[str, Any]:
         """The JSON body for one streamed chat request."""
         cfg = self.config
         body: dict[str, Any] = {
@@ -227,6 +245,10 @@ class LLMClient:
         }
         if self._send_stream_options:
             body["stream_options"] = {"include_usage": True}
+        if tools:
+            body["tools"] = tools
+            if tool_choice:
+                body["tool_choice"] = tool_choice
         body.update(cfg.extra_body)
         return body
 
@@ -345,6 +367,15 @@ class ChatStream:
         self._total_deadline = 0.0
         self._retry_hint: float | None = None
         self._status: int | None = None  # HTTP status of the last failed attempt, for logs
+        # Function calling: what is offered, and the calls the model made (none: no calls).
+        self.tools: list[dict[str, Any]] | None = None
+        self.tool_choice: str | None = None
+        self._tool_calls = ToolCallAccumulator()
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The tool calls the model streamed (complete once the stream finished)."""
+        return self._tool_calls.calls
 
     @property
     def text(self) -> str:
@@ -428,6 +459,7 @@ class ChatStream:
             self._splitter = ThinkingSplitter(
                 starts_open=cfg.thinking_starts_open or client.learned_starts_open
             )
+            self._tool_calls.clear()
             try:
                 async with contextlib.aclosing(self._attempt(loop)) as deltas:
                     async for delta in deltas:
@@ -506,7 +538,11 @@ class ChatStream:
             loop.time() + cfg.first_token_timeout, "first_token"
         )
         resp = await client._request(
-            "POST", client._chat_url, client.payload(self._messages), first_deadline, first_phase
+            "POST",
+            client._chat_url,
+            client.payload(self._messages, self.tools, self.tool_choice),
+            first_deadline,
+            first_phase,
         )
         try:
             if not 200 <= resp.status < 300:
@@ -566,6 +602,11 @@ class ChatStream:
                             _merge(batch, splitter.content(ev.text))
                         else:
                             _merge(batch, splitter.reasoning(ev.text))
+                    elif isinstance(ev, ToolCallDelta):
+                        if not self._alive:
+                            self._alive = True
+                            self.first_token_s = loop.time() - self._start
+                        self._tool_calls.add(ev)
                     elif isinstance(ev, Finish):
                         self.finish_reason = ev.reason
                     elif isinstance(ev, Usage):

@@ -133,18 +133,23 @@ class ModelRegistry:
         stack: contextlib.AsyncExitStack,
         spec: ModelSpec,
         messages_for: Callable[[ModelSpec], list[dict[str, Any]]],
+        tools_for: Callable[[ModelSpec], list[dict[str, Any]] | None] | None = None,
     ) -> Routed:
         """Start a stream with `spec`, falling back down its chain before the first token.
 
-        `messages_for(model)` builds the prompt for a model (each has its own budget).
+        `messages_for(model)` builds the prompt for a model (each has its own budget),
+        `tools_for(model)` the tools it is offered (called after `messages_for`).
         The stream is entered on `stack`, so it closes with the caller's other resources.
         """
         chain = self.chain(spec)
         failed: list[tuple[ModelSpec, LLMError]] = []
         for i, candidate in enumerate(chain):
             messages = messages_for(candidate)
+            tools = tools_for(candidate) if tools_for else None
             try:
-                stream = await stack.enter_async_context(self.client(candidate).stream(messages))
+                stream = await stack.enter_async_context(
+                    self.client(candidate).stream(messages, tools=tools)
+                )
             except LLMError as err:
                 if i + 1 == len(chain) or not can_fall_back(err):
                     raise

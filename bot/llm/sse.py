@@ -35,6 +35,7 @@ __all__ = [
     "SSEParser",
     "StreamError",
     "TextDelta",
+    "ToolCallDelta",
     "Usage",
     "parse_payload",
 ]
@@ -166,6 +167,17 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first of an `index` usually carries `id` and
+    `name`, later ones only more `arguments` text (see `bot.llm.toolcalls`)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: str
 
@@ -208,7 +220,17 @@ class Done:
     """The `data: [DONE]` sentinel."""
 
 
-ChatEvent = TextDelta | ReasoningDelta | Finish | Usage | ModelName | StreamError | Malformed | Done
+ChatEvent = (
+    TextDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | Finish
+    | Usage
+    | ModelName
+    | StreamError
+    | Malformed
+    | Done
+)
 
 _DONE = Done()
 
@@ -262,6 +284,29 @@ def _reasoning(delta: dict[str, Any]) -> str:
     return "".join(texts)
 
 
+def _tool_call_deltas(calls: Any) -> list[ToolCallDelta]:
+    """`delta.tool_calls` (or a whole message's `tool_calls`), read defensively."""
+    out: list[ToolCallDelta] = []
+    for pos, call in enumerate(calls if isinstance(calls, list) else ()):
+        if not isinstance(call, dict):
+            continue
+        index = _as_int(call.get("index"))
+        fn = call.get("function")
+        fn = fn if isinstance(fn, dict) else {}
+        call_id, name, args = call.get("id"), fn.get("name"), fn.get("arguments")
+        if isinstance(args, dict | list):  # a few servers send the arguments as JSON
+            args = json.dumps(args)
+        out.append(
+            ToolCallDelta(
+                index=pos if index is None else index,
+                id=call_id if isinstance(call_id, str) and call_id else None,
+                name=name if isinstance(name, str) and name else None,
+                arguments=args if isinstance(args, str) else "",
+            )
+        )
+    return out
+
+
 def parse_payload(data: str, event: str = "message") -> list[ChatEvent]:
     """Turn one SSE event's data into chat events. Never raises on bad input."""
     stripped = data.strip()
@@ -300,6 +345,7 @@ def parse_payload(data: str, event: str = "message") -> list[ChatEvent]:
                 content = delta.get("content")
                 if isinstance(content, str) and content:
                     out.append(TextDelta(content))
+                out.extend(_tool_call_deltas(delta.get("tool_calls")))
             else:
                 text = choice.get("text")  # legacy completions shape
                 if isinstance(text, str) and text:

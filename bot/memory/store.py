@@ -223,6 +223,11 @@ class Keys:
     def guild_persona(self, guild_id: int) -> str:
         return f"{self.prefix}:{{g{guild_id}}}:persona"
 
+    def tools(self, scope: str, ident: int) -> str:
+        """Whether tools are on ("1") or off ("0") in a channel or server; absent: default."""
+        tag = "g" if scope == "server" else "c"
+        return f"{self.prefix}:{{{tag}{ident}}}:tools"
+
     def usage(self, scope: str, ident: int, day: str) -> str:
         tag = {"user": "u", "channel": "c", "server": "g"}[scope]
         return f"{self.prefix}:{{{tag}{ident}}}:usage:{day}"
@@ -761,6 +766,28 @@ class Store:
     async def set_chat_mode(self, channel_id: int, on: bool) -> None:
         key = self.keys.chat_mode(channel_id)
         await self._call(lambda: self.redis.set(key, "1") if on else self.redis.delete(key))
+
+    async def tools_flags(self, place: Place) -> list[bool | None]:
+        """The /tools switches that apply to a place, most specific first (None: unset):
+        channel, parent channel (threads), server."""
+        k = self.keys
+        keys = [k.tools("channel", place.channel_id)]
+        if place.parent_id:
+            keys.append(k.tools("channel", place.parent_id))
+        if place.guild_id:
+            keys.append(k.tools("server", place.guild_id))
+
+        async def load() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:  # one GET per key: they live in different cluster slots
+                    pipe.get(key)
+                return await pipe.execute()
+
+        return [None if v is None else _s(v) == "1" for v in await self._call(load)]
+
+    async def set_tools_flag(self, scope: str, ident: int, on: bool) -> None:
+        key = self.keys.tools(scope, ident)
+        await self._call(lambda: self.redis.set(key, "1" if on else "0"))
 
     # --- model choice (/model) ----------------------------------------------------------
 

@@ -41,7 +41,7 @@ MIN_SECRET_LENGTH: Final = 4
 
 # Libraries that log every gateway event or request at INFO; kept at WARNING unless the
 # operator asks for DEBUG, when everything is wanted.
-NOISY_LOGGERS: Final = ("discord", "aiohttp")
+NOISY_LOGGERS: Final = ("discord", "aiohttp", "httpx", "mcp")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS: Final = frozenset(
@@ -205,9 +205,27 @@ def redis_url_secrets(url: str) -> list[str]:
     return out
 
 
+def url_secrets(url: str) -> list[str]:
+    """The password and key-like query values (`?api_key=`, `token=`, ...) of a URL."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""]
+        for pair in parts.query.split("&"):
+            name, _, value = pair.partition("=")
+            if any(word in name.lower() for word in ("key", "token", "secret", "auth", "pass")):
+                found.append(value)
+    except ValueError:
+        return []
+    return [v for value in found for v in dict.fromkeys((value, unquote(value))) if v]
+
+
 def secrets_from_config(config: Config) -> list[str]:
     """Every secret value in the loaded configuration, for `setup_logging(secrets=...)`."""
     values = [config.discord.token, config.llm.api_key, *redis_url_secrets(config.redis.url)]
+    for server in config.mcp.servers:  # tool servers' environment and headers: API keys
+        values += [*server.env.values(), *server.headers.values(), *url_secrets(server.url)]
     values += [provider.api_key for provider in config.providers.values()]
     return [v for v in values if v]
 

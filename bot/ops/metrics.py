@@ -157,6 +157,15 @@ class Metrics:
         self._redis_errors = Counter(
             "redis_errors", "Redis commands that failed.", namespace=ns, registry=reg
         )
+        self._tool_calls = Counter(
+            "tool_calls",
+            "Tool calls the model made, by outcome (ok, error).",
+            ["outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        for outcome in ("ok", "error"):
+            self._tool_calls.labels(outcome=outcome)
 
         # Pre-create the fixed label sets so they export 0 from the start: a rate() over a
         # series that appears only at its first increment misses that increment.
@@ -225,6 +234,10 @@ class Metrics:
     def redis_error(self) -> None:
         """A Redis command failed (connection lost, timeout, server error)."""
         self._redis_errors.inc()
+
+    def tool_call(self, ok: bool) -> None:
+        """A tool call ended: with a result, or with an error result for the model."""
+        self._tool_calls.labels(outcome="ok" if ok else "error").inc()
 
     # --- export --------------------------------------------------------------------------
 

@@ -226,6 +226,11 @@ class Behavior:
     thinking_format: str = "reasoning_content"
     thinking_tps: float | None = None
     cut_in_thinking: bool = False
+    # Function calling: calls streamed after the text, `{"name", "arguments" (str or
+    # dict), "id" (optional)}` each, their arguments cut into pieces of `tool_chunk`
+    # characters (one chunk each); the finish_reason is then "tool_calls".
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_chunk: int = 5
 
     @classmethod
     def error(
@@ -252,7 +257,23 @@ class Behavior:
         return echo_reply(body)
 
     def pieces_for(self, body: dict[str, Any]) -> list[str]:
+        only_calls = self.chunks is None and self.reply is None and self.reply_tokens is None
+        if self.tool_calls and only_calls:
+            return []  # only tool calls, no text
         return list(self.chunks) if self.chunks is not None else tokenize(self.text_for(body))
+
+    def tool_call_deltas(self) -> list[dict[str, Any]]:
+        """The `delta.tool_calls` of every tool-call chunk, in order."""
+        out: list[dict[str, Any]] = []
+        for i, call in enumerate(self.tool_calls or []):
+            args = call.get("arguments", "")
+            args = args if isinstance(args, str) else json.dumps(args)
+            head = {"index": i, "id": call.get("id", f"call_{i}_standin"), "type": "function"}
+            out.append({**head, "function": {"name": call["name"], "arguments": ""}})
+            step = max(1, self.tool_chunk)
+            for j in range(0, len(args), step):
+                out.append({"index": i, "function": {"arguments": args[j : j + step]}})
+        return out
 
 
 @dataclass
@@ -523,10 +544,14 @@ class _Streamer:
                 rec.chunks.append(ChunkRecord(time.monotonic(), text))
             if not pieces:
                 await self._wait_until(first_due)
+            tool_deltas = beh.tool_call_deltas()
+            for part in tool_deltas:
+                await self._chunk({"tool_calls": [part]})
             if beh.finish_reason is not None:
-                await self._chunk({}, finish_reason=beh.finish_reason)
+                finish = "tool_calls" if tool_deltas and beh.finish_reason == "stop" else None
+                await self._chunk({}, finish_reason=finish or beh.finish_reason)
             if self.include_usage and beh.usage:
-                n = len(rec.chunks) + rec.thinking_chunks
+                n = len(rec.chunks) + rec.thinking_chunks + len(tool_deltas)
                 usage = {
                     "prompt_tokens": rec.prompt_tokens,
                     "completion_tokens": n,
