@@ -30,27 +30,44 @@ from bench.report import evaluate_targets, format_report
 from bot.memory.redis_server import EmbeddedRedis
 
 SOAK_LABEL = "soak"
+QUICK_LABEL = "quick replies"
+#: Discord as a bot sees it: 150 +/- 100 ms per request (50-250 ms).
+REALISTIC_DELAY = (0.05, 0.2)
+#: Quick replies run against a fixed delay, so "within one round trip" has one meaning.
+QUICK_DELAY = (0.15, 0.0)
 
 
 def matrix(mode: str) -> list[Scenario]:
     """The scenarios of a mode; why this choice is explained in docs/benchmarks.md."""
+    # A pause between a channel's questions, like people reading the answer: back to back,
+    # 10 channels of quick exchanges keep the shared budget busy and each channel's edit
+    # bucket (5 per 5 s) empty, which measures those limits instead of the reply path.
+    quick_replies = Scenario(
+        10, 300, 20, rounds=8, latency=QUICK_DELAY, quick=True, label=QUICK_LABEL, pause=1.0
+    )
     if mode == "smoke":
-        return [Scenario(1, 150, 40, ttft=0.05)]
+        return [
+            Scenario(1, 150, 40, ttft=0.05),
+            Scenario(1, 300, 20, rounds=4, latency=(0.05, 0.0), quick=True, label=QUICK_LABEL),
+        ]
     if mode == "quick":
         return [
             Scenario(1, 30, 300),
             Scenario(10, 30, 300),
             Scenario(50, 150, 300),
+            quick_replies,
             Scenario(10, 150, 60, ttft=0.1, rounds=10, label=SOAK_LABEL),
         ]
     short = [Scenario(c, tps, 300) for tps in (30, 150) for c in (1, 10, 50, 200)]
     long_fast = [Scenario(c, 150, 3000) for c in (1, 10, 50)]
     long_slow = [Scenario(c, 30, 3000) for c in (1, 10)]
     soak = [Scenario(50, 150, 60, ttft=0.1, rounds=20, label=SOAK_LABEL)]
+    latency = [Scenario(c, 30, 300, latency=REALISTIC_DELAY) for c in (1, 10, 50)]
+    latency.append(quick_replies)
     if mode == "full":
         more = [Scenario(200, 150, 3000), Scenario(50, 30, 3000), Scenario(200, 30, 3000)]
-        return [*short, *long_fast, *long_slow, *more, *soak]
-    return [*short, *long_fast, *long_slow, *soak]
+        return [*short, *long_fast, *long_slow, *more, *latency, *soak]
+    return [*short, *long_fast, *long_slow, *latency, *soak]
 
 
 def machine_info() -> dict[str, Any]:

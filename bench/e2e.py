@@ -39,10 +39,11 @@ from bench.procs import (
     stop_py_spy,
 )
 from bench.stats import summary
-from bench.workload import reply_text, tag_text
+from bench.workload import ERROR_TOKENS, quick_tokens, reply_text, tag_text
 from bot.delivery.splitter import plan_split
 from tests.standin.discord_api import DiscordStandIn
 from tests.standin.discord_models import MessageRecord
+from tests.standin.latency import Delay, Latency
 
 TOKEN = "bench-bot-token"
 CREATE = "POST /channels/{channel_id}/messages"
@@ -51,6 +52,8 @@ EDIT_INTERVAL = 1.0  # the defaults of discord.edit_interval and discord.stream_
 STREAM_RATE = 40.0
 BUCKET_LIMIT, BUCKET_PERIOD = 5, 5.0  # Discord: 5 edits (and 5 sends) per 5 s per channel
 FAILURE_MARK = "⚠️"  # how the bot's renderer ends a reply it could not complete
+ERROR_EVERY = 4  # quick replies: one question in four gets an instant error
+GATEWAY_DELAY = Delay(0.02, 0.08)  # event delivery when the scenario has Discord latency
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,39 @@ class Scenario:
     ttft: float = 0.2
     rounds: int = 1
     label: str = ""
+    # Discord's acknowledgement delay per request: (fixed, jitter) seconds; None: ~1 ms.
+    latency: tuple[float, float] | None = None
+    # Quick replies: `tokens` is the longest answer (5..tokens tokens each), and every
+    # `ERROR_EVERY`-th question gets an instant error from the model instead.
+    quick: bool = False
+    # Seconds a channel waits between its questions (after the previous reply is complete).
+    pause: float = 0.0
 
     @property
     def name(self) -> str:
-        base = f"{self.channels}ch x {self.tps:g}tps x {self.tokens}tok"
+        if self.quick:
+            base = f"{self.channels}ch x {self.tps:g}tps x 5-{self.tokens}tok + errors"
+        else:
+            base = f"{self.channels}ch x {self.tps:g}tps x {self.tokens}tok"
         if self.rounds > 1:
             base += f" x {self.rounds} rounds"
+        if self.latency is not None:
+            base += f" @ discord {self.delay}"
         return f"{self.label}: {base}" if self.label else base
+
+    @property
+    def delay(self) -> Delay:
+        """The stand-in's acknowledgement delay (zero: as fast as loopback goes)."""
+        return Delay(*self.latency) if self.latency else Delay()
+
+    def question(self, channel: int, round_: int) -> tuple[str, int]:
+        """(ident, tokens) of a channel's question in a round (`ERROR_TOKENS`: an error)."""
+        ident = f"c{channel}-{round_}"
+        if not self.quick:
+            return ident, self.tokens
+        if (channel + round_) % ERROR_EVERY == ERROR_EVERY - 1:
+            return ident, ERROR_TOKENS
+        return ident, quick_tokens(ident, 5, self.tokens)
 
     @property
     def stream_seconds(self) -> float:
@@ -98,6 +127,7 @@ class _Pending:
     bodies: list[str]
     asked: float
     failure: str = ""
+    error_expected: bool = False
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -118,9 +148,10 @@ class ReplyWatcher:
         self._task: asyncio.Task[None] | None = None
 
     def expect(self, ident: str, channel: int, message: MessageRecord, expected: str) -> _Pending:
+        """Wait for the reply `expected` (empty: for an error note)."""
         item = _Pending(
             ident, channel, message.id, expected, [p.body for p in plan_split(expected)],
-            time.monotonic(),
+            time.monotonic(), error_expected=not expected,
         )  # fmt: skip
         self.pending[message.id] = item
         if self._task is None:
@@ -152,7 +183,9 @@ class ReplyWatcher:
             complete = len(msgs) == len(item.bodies) and all(
                 m.content == b for m, b in zip(msgs, item.bodies, strict=True)
             )
-            if not complete and msgs and FAILURE_MARK in msgs[-1].content:
+            if item.error_expected:
+                complete = bool(msgs) and msgs[-1].content.startswith(FAILURE_MARK)
+            elif not complete and msgs and FAILURE_MARK in msgs[-1].content:
                 # The bot gave up on this reply ("⚠️ ..." instead of the marker).
                 item.failure = msgs[-1].content[-300:]
                 complete = True
@@ -250,7 +283,8 @@ async def run_scenario(
     with tempfile.TemporaryDirectory(prefix="llmbot-bench-") as tmp:
         workdir = Path(tmp)
         records_path = workdir / "records.json"
-        async with DiscordStandIn(token=TOKEN) as standin:
+        delays = Latency(rest=sc.delay, dispatch=GATEWAY_DELAY) if sc.latency else None
+        async with DiscordStandIn(token=TOKEN, delays=delays) as standin:
             guild = standin.add_guild("Bench")
             user = standin.add_user("alice", guild_id=guild)
             warm_channel = standin.add_channel(guild, "warm-up")
@@ -276,7 +310,8 @@ async def run_scenario(
                     msg = await standin.dispatch_message(
                         channel, user, mention + tag_text(tokens, ident)
                     )
-                    return watcher.expect(ident, channel, msg, reply_text(tokens, ident))
+                    expected = reply_text(tokens, ident) if tokens != ERROR_TOKENS else ""
+                    return watcher.expect(ident, channel, msg, expected)
 
                 warm = await ask(warm_channel, "warm-up", 20)
                 await asyncio.wait_for(asyncio.shield(warm.done), 60)
@@ -292,7 +327,9 @@ async def run_scenario(
                 async def channel_loop(i: int, channel: int) -> None:
                     nonlocal completed
                     for r in range(sc.rounds):
-                        item = await ask(channel, f"c{i}-{r}", sc.tokens)
+                        if r and sc.pause:
+                            await asyncio.sleep(sc.pause)
+                        item = await ask(channel, *sc.question(i, r))
                         await asyncio.shield(item.done)
                         completed += 1
                         if sc.rounds > 1 and completed % mark_every == 0:
@@ -331,6 +368,7 @@ async def run_scenario(
             states = ack_states(standin)
             index = watcher.bot_index()
             figures: list[ReplyFigures] = []
+            quick = QuickFigures()
             by_ident = {r["ident"]: r for r in records["requests"] if r["ident"]}
             for item in [*watcher.finished.values(), *watcher.pending.values()]:
                 if item.ident == "warm-up":
@@ -340,6 +378,11 @@ async def run_scenario(
                     figures.append(_missing(item.ident, item.failure))
                     continue
                 msgs = [states.get(m.id, []) for m in watcher.chain(item.user_message, index)]
+                if sc.quick:
+                    quick.add(item, rec, msgs)
+                if item.error_expected:
+                    figures.append(_error_note(item.ident, msgs))
+                    continue
                 fig = analyse_reply(
                     item.ident, item.expected, rec["text"], rec["times"], rec["ends"], msgs
                 )
@@ -360,7 +403,42 @@ async def run_scenario(
                 marks=sampler.marks,
                 standin=standin,
                 diagnosis=diagnosis,
+                quick=quick if sc.quick else None,
             )
+
+
+@dataclass
+class QuickFigures:
+    """Quick replies: from the model's end (its last byte) to what the user sees.
+
+    For an answer, to its first visible text (the create that shows it; the reply is
+    a few tokens long, so that is nearly all of it) and to its final state (marker
+    gone); for an instant error, to the note.
+    """
+
+    to_first_text: list[float] = field(default_factory=list)
+    to_final: list[float] = field(default_factory=list)
+    error_to_note: list[float] = field(default_factory=list)
+
+    def add(self, item: _Pending, rec: dict[str, Any], msgs: list[list[tuple[float, str]]]) -> None:
+        end = rec.get("finished")
+        if end is None or not msgs or not msgs[0]:
+            return
+        first = msgs[0][0][0]
+        if item.error_expected:
+            self.error_to_note.append(first - end)
+            return
+        self.to_first_text.append(first - end)
+        self.to_final.append(max(t for states in msgs for t, _ in states) - end)
+
+    def summary(self, delay: Delay) -> dict[str, Any]:
+        ms = 1000.0
+        return {
+            "delay_ms": [delay.fixed * ms, (delay.fixed + delay.jitter) * ms],
+            "answer_to_first_text_ms": _scaled(summary(self.to_first_text), ms),
+            "answer_to_final_ms": _scaled(summary(self.to_final), ms),
+            "error_to_note_ms": _scaled(summary(self.error_to_note), ms),
+        }
 
 
 def copy_logs(workdir: Path, dest: Path, name: str) -> None:
@@ -406,6 +484,14 @@ def _timeout(sc: Scenario) -> float:
     return per_round * sc.rounds + 60
 
 
+def _error_note(ident: str, msgs: list[list[tuple[float, str]]]) -> ReplyFigures:
+    """An expected instant error: fine if the reply is one note starting with the mark."""
+    finals = [states[-1][1] for states in msgs if states]
+    ok = len(finals) == 1 and finals[0].startswith(FAILURE_MARK)
+    problems = [] if ok else [f"expected one error note, got {len(finals)} messages"]
+    return ReplyFigures(ident, ok, problems, len(msgs), 0, math.nan, [], 0, 0)
+
+
 def _missing(ident: str, failure: str) -> ReplyFigures:
     problem = "the LLM never saw this request"
     if failure:
@@ -427,6 +513,7 @@ def summarise(
     marks: list[tuple[int, int]],
     standin: DiscordStandIn,
     diagnosis: str = "",
+    quick: QuickFigures | None = None,
 ) -> dict[str, Any]:
     """The scenario's figures as plain JSON-able data."""
     lags = [lag for f in figures for lag in f.lags]
@@ -447,7 +534,9 @@ def summarise(
         "timed_out": timed_out,
         "elapsed_s": elapsed,
         "tokens": tokens,
-        "first_text_ms": _scaled(summary([f.first_text_s for f in figures]), 1000),
+        "first_text_ms": _scaled(
+            summary([f.first_text_s for f in figures if not math.isnan(f.first_text_s)]), 1000
+        ),
         "lag_s": summary(lags),
         "lag_floor_s": lag_floor(sc.channels),
         "edits_per_reply": summary([f.edits for f in figures]),
@@ -462,6 +551,10 @@ def summarise(
         "bot_rss_start_mib": rss_start / mib,
         "bot_rss_end_mib": rss_end / mib,
     }
+    if sc.latency is not None:
+        out["discord_delay_ms"] = [sc.latency[0] * 1000, sum(sc.latency) * 1000]
+    if quick is not None:
+        out["quick"] = quick.summary(sc.delay)
     if diagnosis:
         out["diagnosis"] = diagnosis
     if sc.rounds > 1:

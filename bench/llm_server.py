@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.workload import parse_tag, reply_text
+from bench.workload import ERROR_TOKENS, parse_tag, reply_text
 from tests.standin.llm_api import (
     Behavior,
     ChunkRecord,
@@ -65,13 +65,22 @@ class CompactChunks:
         return self.last
 
 
+#: What a tag asking for `ERROR_TOKENS` gets at once: a provider refusing the key.
+INSTANT_ERROR = Behavior.error(401, {"error": {"message": "Invalid API key", "code": 401}})
+
+
 class BenchLLM(LLMStandIn):
-    """`LLMStandIn` with compact chunk records."""
+    """`LLMStandIn` with compact chunk records; tags asking for no tokens get an error."""
 
     def _new_record(self, request: web.Request, raw: bytes, body: Any) -> RecordedRequest:
         rec = super()._new_record(request, raw, body)
         rec.raw = b""  # the prompt grows with the history; nothing here needs it
         rec.chunks = CompactChunks()  # type: ignore[assignment]
+        tag = parse_tag(last_user_text(body)) if isinstance(body, dict) else None
+        if tag is not None and tag[0] == ERROR_TOKENS:
+            # The handler takes the next queued behaviour right after this, with no
+            # await in between, so this request and no other gets the error.
+            self.behaviors.appendleft(INSTANT_ERROR)
         return rec
 
 

@@ -18,7 +18,15 @@ import random
 import re
 import zlib
 
-__all__ = ["TAG_RE", "parse_tag", "reply_pieces", "reply_text", "tag_text"]
+__all__ = [
+    "ERROR_TOKENS",
+    "TAG_RE",
+    "parse_tag",
+    "quick_tokens",
+    "reply_pieces",
+    "reply_text",
+    "tag_text",
+]
 
 _VOCABULARY = (
     "the quick brown fox jumps over a lazy dog while seven bright stars slowly drift "
@@ -90,3 +98,12 @@ def reply_pieces(tokens: int, ident: str) -> list[str]:
 def reply_text(tokens: int, ident: str) -> str:
     """The whole reply the loopback LLM streams for this tag."""
     return "".join(reply_pieces(tokens, ident))
+
+
+#: A tag asking for this many tokens gets an instant HTTP error instead (quick replies).
+ERROR_TOKENS = 0
+
+
+def quick_tokens(ident: str, low: int = 5, high: int = 20) -> int:
+    """Length of a quick reply: `low`..`high` tokens, a pure function of its name."""
+    return low + zlib.crc32(ident.encode()) % (high - low + 1)

@@ -20,7 +20,7 @@ import discord
 from bot.client import ChatBot
 from bot.config import Config, load_config
 from bot.console import Console
-from bot.delivery.budget import RateBudget
+from bot.delivery.budget import DISCORD_GLOBAL_RATE, RateBudget, head_start_for
 from bot.errors import ConfigError
 from bot.memory.redis_server import RedisServerError
 from bot.ops.health import HealthServer
@@ -115,7 +115,11 @@ def run_chat(config: Config, channel: str) -> int:
 
 
 def make_bot(services: Services) -> ChatBot:
-    return ChatBot(services, RateBudget(rate=services.config.discord.stream_rate))
+    rate = services.config.discord.stream_rate
+    # At most 48 requests reaching Discord in any second (its limit: 50).
+    per_second = DISCORD_GLOBAL_RATE - 2
+    budget = RateBudget(rate=rate, head_start=head_start_for(rate), per_second=per_second)
+    return ChatBot(services, budget)
 
 
 async def run_bot(config: Config) -> None:

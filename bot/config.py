@@ -119,6 +119,8 @@ class LLMConfig:
     max_retries: int = field(default=2, metadata=_between(0, 10))
     extra_headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # The model reads images (OpenAI `image_url` content parts).
+    vision: bool = False
     # Offer the model the MCP tools of `[[mcp.servers]]` (it must support function calling).
     tools: bool = False
     # With [models.NAME] tables: the one used where /model chose none (empty: the first).
@@ -169,6 +171,8 @@ class HistoryConfig:
     max_turns: int = field(default=100, metadata=_between(2, 100_000))
     # Days a quiet channel's history is kept; 0 keeps it forever.
     retention_days: int = field(default=30, metadata=_between(0, 36_500))
+    # Images of the most recent turns sent to a vision model; older ones become "[image: name]".
+    max_images: int = field(default=4, metadata=_between(0, 100))
     # Fold turns that leave the window into a running summary (one model call each time).
     summarize: bool = True
     # The longest summary, in tokens; it is sent with every request (and never takes more
@@ -189,6 +193,22 @@ class HistoryConfig:
         failing (past it the oldest turns are dropped unsummarised, as without summaries).
         """
         return self.max_turns * 2 if self.summarize else self.max_turns
+
+
+@dataclass(frozen=True)
+class AttachmentsConfig:
+    # Largest file downloaded (bytes); bigger ones get a note and are skipped.
+    max_bytes: int = field(default=10_000_000, metadata=_between(1_000, 500_000_000))
+    # Images read from one message; the rest get a note.
+    max_images: int = field(default=4, metadata=_between(0, 20))
+    # Seconds one download may take.
+    timeout_s: float = field(default=15.0, metadata=_positive())
+    # Images are downscaled to this longest side (pixels) and re-encoded before sending.
+    max_side: int = field(default=1568, metadata=_between(64, 8192))
+    # Characters read from one text or code file; the rest is cut with a visible note.
+    max_text_chars: int = field(default=100_000, metadata=_between(100, 10_000_000))
+    # Prompt tokens one image is assumed to cost in the context budget.
+    image_tokens: int = field(default=800, metadata=_between(1, 100_000))
 
 
 @dataclass(frozen=True)
@@ -337,6 +357,7 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     mcp: MCPConfig = field(default_factory=MCPConfig)
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     models: dict[str, ModelConfig] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.chat import memory
+from bot.chat.attachments import Source, file_source
 from bot.chat.usage import summary_line
 from bot.errors import BotError, user_message
 from bot.models import Place, Speaker
@@ -29,6 +30,7 @@ HELP = """Commands:
   /persona clear           back to the default
   /reset                   forget this channel's conversation (the persona stays)
   /usage                   your token use: today, 7 and 30 days
+  /attach PATH             attach a local file or image to your next message
   /model                   show the model in use (and the others configured)
   /model NAME              answer with another configured model here
   /memory                  what this channel remembers: messages, what fits, the summary
@@ -59,6 +61,8 @@ class Console:
         name = user or getpass.getuser() or "you"
         self.speaker = Speaker(id=os.getuid() if hasattr(os, "getuid") else 0, name=name)
         self.out = out or sys.stdout
+        # Files `/attach` added; they go with the next message.
+        self.attached: list[Source] = []
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
@@ -89,8 +93,9 @@ class Console:
     async def chat(self, text: str) -> None:
         self.say("bot> ", end="")
         conv = self.services.conversations
+        files, self.attached = self.attached, []
         thinking = _Thinking(self)
-        async with conv.reply(self.place, self.speaker, text) as reply:
+        async with conv.reply(self.place, self.speaker, text, files=files) as reply:
             reply.on_thinking = thinking
             shown: set[int] = set()
 
@@ -116,6 +121,18 @@ class Console:
         ident = self.place.channel_id
         if cmd == "/help":
             self.say(HELP)
+        elif cmd == "/attach":
+            path = rest.strip()
+            if not path:
+                names = ", ".join(s.name for s in self.attached) or "nothing"
+                self.say(f"Attached to your next message: {names}. Usage: /attach PATH")
+                return
+            try:
+                self.attached.append(file_source(path))
+            except OSError as exc:
+                self.say(f"Cannot attach {path}: {exc.strerror or exc}")
+                return
+            self.say(f"Attached {self.attached[-1].name}; it goes with your next message.")
         elif cmd == "/reset":
             removed = await self.services.conversations.reset(ident)
             self.say(f"Forgot {removed} messages. The persona stays.")

@@ -194,7 +194,14 @@ class Throttled(BotError):
 
 
 class EmptyMessage(BotError):
-    user_text = "I can only read text for now: your message had none."
+    user_text = (
+        "I found nothing to read in your message: no text, and no file or image I could use."
+    )
+
+    def __init__(self, notes: list[str] | None = None) -> None:
+        super().__init__()
+        # Why its attachments could not be read, one short note each.
+        self.notes = list(notes or [])
 
 
 class PermissionDenied(BotError):

@@ -26,6 +26,17 @@ class Speaker:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageRef:
+    """An image a user turn carries; its bytes live in Redis next to the history."""
+
+    id: str
+    name: str
+    mime: str
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """One stored message of a conversation."""
 
@@ -36,11 +47,15 @@ class Turn:
     author_id: int | None = None
     author_name: str | None = None
     message_id: int | None = None
+    # Images attached to a user turn (refs only: the bytes are stored separately).
+    images: tuple[ImageRef, ...] = ()
     # An answer that used tools: what the next turns should know of them (see bot.tools).
     tool_note: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
+        if not self.images:
+            del data["images"]  # text-only turns are stored exactly as before
         if data["tool_note"] is None:
             del data["tool_note"]
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -56,6 +71,7 @@ class Turn:
             author_id=data.get("author_id"),
             author_name=data.get("author_name"),
             message_id=data.get("message_id"),
+            images=tuple(ImageRef(**i) for i in data.get("images") or ()),
             tool_note=data.get("tool_note"),
         )
 

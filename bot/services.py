@@ -201,6 +201,8 @@ async def open_services(
                 llm_config=config.llm,
                 default_persona=config.persona.default,
                 metrics=metrics,
+                attachments=config.attachments,
+                max_images=config.history.max_images,
                 summaries=summaries,
                 models=models,
                 choices=model_choice,

@@ -16,6 +16,7 @@ import time
 import discord
 from discord.ext import commands
 
+from bot.chat.attachments import Quoted, Source, url_fetch
 from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
@@ -135,7 +136,10 @@ class Chat(commands.Cog):
             role_ids=frozenset(r.id for r in roles),
             mentions_bot=any(u.id == me.id for u in message.mentions),
             replies_to_bot=isinstance(ref, discord.Message) and ref.author.id == me.id,
-            has_text=has_visible_text(text),
+            # An attachment alone is something to read, and so is a message replied to.
+            has_text=has_visible_text(text)
+            or bool(message.attachments)
+            or (isinstance(ref, discord.Message) and ref.author.id != me.id),
         )
 
     @commands.Cog.listener()
@@ -171,6 +175,24 @@ class Chat(commands.Cog):
         except discord.HTTPException as exc:
             log.warning("could not send a notice in %s: %s", message.channel.id, exc)
 
+    def sources(self, message: discord.Message) -> list[Source]:
+        """A message's files, fetched through the bot's one HTTP session when read."""
+        session = self.services.session
+        return [
+            Source(a.filename, url_fetch(session, a.url), a.size, a.content_type)
+            for a in message.attachments
+        ]
+
+    def quoted(self, message: discord.Message) -> Quoted | None:
+        """The message this one replies to, unless it is the bot's own."""
+        ref = message.reference
+        resolved = ref.resolved if ref else None
+        me = self.bot.user
+        if not isinstance(resolved, discord.Message) or me is None or resolved.author.id == me.id:
+            return None
+        text = readable_text(resolved, me.id)
+        return Quoted(resolved.id, resolved.author.display_name, text, self.sources(resolved))
+
     async def answer(self, message: discord.Message, text: str) -> None:
         speaker = Speaker(message.author.id, message.author.display_name)
         place = place_of(message.channel)
@@ -183,7 +205,14 @@ class Chat(commands.Cog):
         with metrics.stream():
             try:
                 conversation = self.services.conversations
-                async with conversation.reply(place, speaker, text, message_id=message.id) as reply:
+                async with conversation.reply(
+                    place,
+                    speaker,
+                    text,
+                    message_id=message.id,
+                    files=self.sources(message),
+                    quoted=self.quoted(message),
+                ) as reply:
                     reply.on_thinking = thinking
                     reply.on_tool_steps = lambda steps: renderer.set_header(steps_header(steps))
                     async for delta in reply:
@@ -193,6 +222,10 @@ class Chat(commands.Cog):
                 metrics.observe_final_edit(time.monotonic() - started)
                 if reply.outcome and reply.outcome.notes:
                     await self.notice(message, "\n".join(f"-# {n}" for n in reply.outcome.notes))
+            except EmptyMessage as exc:  # e.g. only a file that could not be read
+                await self.notice(
+                    message, "\n".join([exc.user_text, *(f"-# {n}" for n in exc.notes)])
+                )
             except asyncio.CancelledError:
                 await renderer.fail(INTERRUPTED)
                 raise

@@ -22,6 +22,8 @@ from redis.asyncio.cluster import RedisCluster
 from bot.memory.redis_server import EmbeddedRedis
 from bot.ops import logs
 from tests.cluster import LocalCluster, connect
+from tests.harness import LATENCIES
+from tests.standin.latency import Latency
 
 # Suites that run whole on both backends.
 CLUSTER_SUITES = {"test_store", "test_conversation"}
@@ -107,3 +109,10 @@ def restore_logging() -> Iterator[None]:
     for name, lvl in noisy.items():
         logging.getLogger(name).setLevel(lvl)
     logging.captureWarnings(False)
+
+
+@pytest.fixture(params=["none"])
+def latency(request: pytest.FixtureRequest) -> Latency | None:
+    """Discord stand-in latency for `running_bot`; a test runs with both by
+    ``@pytest.mark.parametrize("latency", ["none", "realistic"], indirect=True)``."""
+    return LATENCIES[request.param]()

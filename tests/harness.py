@@ -26,6 +26,7 @@ from bot.config import (
 from bot.services import Services, open_services
 from tests.standin.discord_api import DiscordStandIn
 from tests.standin.discord_models import MessageRecord
+from tests.standin.latency import Latency, realistic
 from tests.standin.llm_api import LLMStandIn
 
 TOKEN = "standin-bot-token-SECRET"
@@ -194,17 +195,21 @@ async def running_bot(
     overrides: dict[str, dict[str, Any]] | None = None,
     standin_options: dict[str, Any] | None = None,
     configure: Callable[[Config], Config] | None = None,
+    latency: Latency | None = None,
     **discord_config: Any,
 ) -> AsyncIterator[BotHarness]:
     """A started bot. `overrides`: config sections other than discord (see `e2e_config`);
     `standin_options`: keyword arguments for `DiscordStandIn` (e.g. `rate_limits`); a
     `token=` among the discord options is used by both the bot and the stand-in;
-    `configure` changes the finished test config (e.g. adds providers and models)."""
+    `configure` changes the finished test config (e.g. adds providers and models);
+    `latency`: how long the stand-in takes to acknowledge requests and deliver events
+    (see `LATENCIES`)."""
     async with contextlib.AsyncExitStack() as stack:
         token = discord_config.get("token", TOKEN)
-        standin = await stack.enter_async_context(
-            DiscordStandIn(token=token, **(standin_options or {}))
-        )
+        options = dict(standin_options or {})
+        if latency is not None:
+            options["delays"] = latency
+        standin = await stack.enter_async_context(DiscordStandIn(token=token, **options))
         stack.enter_context(standin.patch_discord())
         if llm is None:
             llm = await stack.enter_async_context(LLMStandIn())
@@ -222,3 +227,8 @@ async def running_bot(
         stack.push_async_callback(harness.stop)
         await harness.start()
         yield harness
+
+
+#: The Discord latencies over-the-wire scenarios run with (`latency` fixture in conftest):
+#: none (a loopback millisecond) and realistic (50-400 ms per request, 20-100 ms per event).
+LATENCIES: dict[str, Callable[[], Latency | None]] = {"none": lambda: None, "realistic": realistic}

@@ -78,7 +78,7 @@ def test_smallest_benchmark_run_writes_the_documented_json(tmp_path: Path) -> No
     data = json.loads(out.read_text())
     assert data["mode"] == "smoke"
     assert {"nproc", "cpu_model", "python"} <= set(data["machine"])
-    (s,) = data["scenarios"]
+    s, quick = data["scenarios"]
     assert s["replies"] == s["replies_ok"] == 1 and not s["timed_out"]
     assert s["problems"] == [] and s["mismatched_states"] == 0
     assert s["tokens"] == 40
@@ -88,6 +88,14 @@ def test_smallest_benchmark_run_writes_the_documented_json(tmp_path: Path) -> No
     assert {"median", "p95", "max", "period"} <= set(s["lag_floor_s"])
     for key in ("http_429", "bot_cpu_s_per_1k_tokens", "bot_peak_rss_mib"):
         assert isinstance(s[key], int | float), key
+    # Quick replies against a Discord that takes 50 ms: 3 short answers and 1 instant error.
+    assert quick["replies"] == quick["replies_ok"] == 4 and not quick["timed_out"]
+    assert quick["discord_delay_ms"] == [50, 50]
+    for key in ("answer_to_first_text_ms", "answer_to_final_ms", "error_to_note_ms"):
+        assert {"median", "p95", "max"} <= set(quick["quick"][key]), key
+    assert quick["quick"]["answer_to_first_text_ms"]["n"] == 3
+    assert quick["quick"]["error_to_note_ms"]["n"] == 1
+    assert "| quick replies |" in proc.stdout
     assert data["redis"]["round_trips_per_turn"] > 0
     assert {"sse_parse", "split_plan", "context_build", "wakeup_floor"} <= set(data["micro"])
     assert all({"scenario", "what", "target", "value", "met"} <= set(t) for t in data["targets"])

@@ -95,3 +95,18 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.llm.model = "x"  # type: ignore[misc]
+
+
+def test_attachment_and_vision_settings(tmp_path: Path) -> None:
+    example = load_config(Path(__file__).parent.parent / "config.example.toml", {})
+    assert example.attachments == Config().attachments and example.llm.vision is False
+    assert example.history.max_images == 4
+    path = write(tmp_path, "[llm]\nvision = true\n[attachments]\nmax_side = 512\n")
+    config = load_config(path, {})
+    assert config.llm.vision and config.attachments.max_side == 512
+    assert error_of(write(tmp_path, "[attachments]\nmax_side = 10\n")) == (
+        "attachments.max_side = 10: must be a number from 64 to 8192"
+    )
+    assert error_of(write(tmp_path, '[llm]\nvision = "yes"\n')) == (
+        "llm.vision = 'yes': must be true or false"
+    )

@@ -6,6 +6,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -299,6 +300,43 @@ async def test_console_chat_uses_the_same_services(services: Services, llm: LLMS
     lines.put_nowait(None)
     await console.run(lines)
     assert "rejected the bot's API key" in out.getvalue()
+
+
+async def test_console_attach_sends_a_file_and_an_image(
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from tests.standin.llm_api import image_urls
+
+    (tmp_path / "notes.md").write_text("# Plan\nship it")
+    Image.new("RGB", (3000, 1000)).save(tmp_path / "wide.png")
+    config = make_config(redis_url, llm.base_url, vision=True)
+    async with open_services(config) as services:
+        out = io.StringIO()
+        console = Console(services, "desk", out=out, user="admin")
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        for line in [
+            f"/attach {tmp_path / 'notes.md'}",
+            f"/attach {tmp_path / 'wide.png'}",
+            f"/attach {tmp_path / 'missing.txt'}",
+            "/attach",
+            "read these",
+            "/quit",
+        ]:
+            lines.put_nowait(line)
+        await console.run(lines)
+    text = out.getvalue()
+    assert "Attached notes.md" in text and "Cannot attach" in text
+    assert "Attached to your next message: notes.md, wide.png." in text
+    sent = llm.chat_requests[-1].body["messages"][-1]["content"]
+    assert (
+        sent[0]["text"]
+        == "admin: read these\n\nFile `notes.md`:\n```markdown\n# Plan\nship it\n```"
+    )
+    (urls,) = image_urls(llm.chat_requests[-1].body)
+    assert len(urls) == 1 and urls[0].startswith("data:image/jpeg;base64,")
+    assert console.attached == []
 
 
 def test_bot_error_texts_are_plain() -> None:

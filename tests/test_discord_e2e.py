@@ -9,15 +9,24 @@ import redis.asyncio as aioredis
 
 from bot.memory.redis_server import EmbeddedRedis
 from tests.harness import MANAGE_CHANNELS, MARKER, BotHarness, running_bot
+from tests.standin.latency import Latency
 from tests.standin.llm_api import Behavior
 
 
 @pytest.fixture
-async def h(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[BotHarness]:
-    async with running_bot(redis_url) as harness:
+async def h(
+    redis_client: aioredis.Redis, redis_url: str, latency: Latency | None
+) -> AsyncIterator[BotHarness]:
+    async with running_bot(redis_url, latency=latency) as harness:
         yield harness
 
 
+# Streaming, errors and slash commands also run against a Discord that takes 50-400 ms
+# per request, as the real one does (a 1 ms stand-in hid replies shown 8 s late).
+both_latencies = pytest.mark.parametrize("latency", ["none", "realistic"], indirect=True)
+
+
+@both_latencies
 async def test_answers_a_mention_with_a_streamed_reply(h: BotHarness) -> None:
     h.llm.default = Behavior(reply_tokens=40, tps=40)
     user_msg = await h.say("hello there")
@@ -80,7 +89,8 @@ async def test_attachment_only_message_gets_a_note(h: BotHarness) -> None:
     note = await h.discord.wait_for_bot_message(
         h.channel, lambda m: m.referenced_message_id == message.id
     )
-    assert "text" in note.content and h.llm.chat_requests == []
+    assert "nothing to read" in note.content and h.llm.chat_requests == []
+    assert "can't see images" in note.content
 
 
 async def test_replying_to_the_bot_continues_the_conversation(h: BotHarness) -> None:
@@ -90,6 +100,7 @@ async def test_replying_to_the_bot_continues_the_conversation(h: BotHarness) -> 
 
 
 @pytest.mark.cluster
+@both_latencies
 async def test_persona_commands_change_the_system_prompt(h: BotHarness) -> None:
     record = await h.slash("persona set", {"text": "You are terse. Server {server}."})
     assert record.ephemeral and "Persona set" in record.content
@@ -157,6 +168,7 @@ async def test_reset_forgets_but_keeps_the_persona(h: BotHarness) -> None:
 
 
 @pytest.mark.cluster
+@both_latencies
 async def test_usage_shows_what_the_server_reported(h: BotHarness) -> None:
     await h.ask("count me")
     await h.ask("and me")
@@ -169,6 +181,7 @@ async def test_usage_shows_what_the_server_reported(h: BotHarness) -> None:
     assert embed["image"]["url"] == "attachment://usage.png"
 
 
+@both_latencies
 async def test_long_reply_with_code_splits_correctly(h: BotHarness) -> None:
     from bot.delivery.splitter import plan_split
 
@@ -204,6 +217,7 @@ async def test_twenty_channels_stream_at_once_without_429s(h: BotHarness) -> Non
         assert len(parts[0].history) > 2, "each reply streamed by edits"
 
 
+@both_latencies
 async def test_failure_mid_stream_shows_a_note_and_keeps_history(h: BotHarness) -> None:
     await h.ask("this one works")
     h.llm.push(Behavior(reply_tokens=100, tps=50, drop_after=30))
@@ -215,6 +229,7 @@ async def test_failure_mid_stream_shows_a_note_and_keeps_history(h: BotHarness) 
     assert [t.content for t in history] == ["this one works", "Echo: alice: this one works"]
 
 
+@both_latencies
 async def test_error_before_any_text_is_a_plain_note(h: BotHarness) -> None:
     h.llm.push(Behavior.error(401))
     parts = await h.ask("anyone there?")

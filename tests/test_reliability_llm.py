@@ -19,14 +19,19 @@ from bot.memory.store import utc_day
 from tests.harness import MARKER, BotHarness, running_bot
 from tests.reliability_report import reliability_report  # noqa: F401  (enables the table)
 from tests.standin.discord_api import RateLimits
+from tests.standin.latency import Latency
 from tests.standin.llm_api import Behavior, LLMStandIn
 
 FAST_TIMEOUTS = {"first_token_timeout": 1.5, "idle_timeout": 1.0}
 
 
 @pytest.fixture
-async def h(redis_client: aioredis.Redis, redis_server: EmbeddedRedis) -> AsyncIterator[BotHarness]:
-    async with running_bot(redis_server.url, overrides={"llm": FAST_TIMEOUTS}) as harness:
+async def h(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, latency: Latency | None
+) -> AsyncIterator[BotHarness]:
+    async with running_bot(
+        redis_server.url, overrides={"llm": FAST_TIMEOUTS}, latency=latency
+    ) as harness:
         yield harness
 
 
@@ -85,7 +90,16 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
+# Every fault against an instant Discord; errors before and during a stream also against
+# one taking 50-400 ms per request (where an instant error used to show 8 s late).
+WITH_LATENCY = ("500", "hang-mid-stream", "drop-mid-stream")
+
+
+@pytest.mark.parametrize(
+    ("fault", "latency"),
+    [(f, "none") for f in FAULTS] + [(f, "realistic") for f in WITH_LATENCY],
+    indirect=["latency"],
+)
 async def test_llm_fault(h: BotHarness, redis_client: aioredis.Redis, fault: str) -> None:
     behavior, note, partial = FAULTS[fault]
     await h.ask("before the fault")

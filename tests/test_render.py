@@ -250,6 +250,55 @@ async def test_budget_global_rate_and_burst_in_real_time() -> None:
         assert sum(start <= t < start + 0.1 for t in times) <= 5 + 10 + 1
 
 
+async def test_budget_head_start_for_first_messages_never_exceeds_per_second() -> None:
+    """Ten first messages at once (replies starting together), yet no second holds
+    more than 40 grants, and other requests get no head start."""
+    clock = FakeClock()
+    budget = RateBudget(rate=40.0, burst=5.0, head_start=5.0, per_second=40, clock=clock)
+    for i in range(5):
+        await budget.acquire(f"edit:{i}")
+    edit = budget.request("edit:y", 0.0)
+    await asyncio.sleep(0)
+    assert not edit.done(), "an edit gets no head start"
+    edit.cancel()
+    clock.advance(0.125)  # refilled to 5 tokens
+    futs = [budget.request(f"send:{i}", float(i), first=True) for i in range(60)]
+    grants: list[float] = []
+    for _ in range(200):  # 2 s in 10 ms steps
+        await asyncio.sleep(0)
+        grants += [clock.t] * (sum(f.done() for f in futs) - len(grants))
+        clock.advance(0.01)
+        budget.pump()
+    t0 = grants[0]
+    assert grants[:10] == [t0] * 10, "ten first messages go out at once"
+    assert len(grants) == 60
+    every = [t0 - 0.125] * 5 + grants  # the five edits count too
+    for start in every:
+        assert sum(start <= t < start + 1.0 for t in every) <= 40
+    assert grants[29] - t0 < 0.6  # 10 at once, then 40/s until the second is full
+
+
+async def test_budget_counts_requests_in_flight_until_released() -> None:
+    """A granted request may reach Discord any time until it ends: with `per_second`
+    it counts until `release`, then for one more second."""
+    clock = FakeClock()
+    budget = RateBudget(rate=100.0, burst=10.0, per_second=3, clock=clock)
+    for i in range(3):
+        await budget.acquire(f"edit:{i}", tracked=True)
+    assert budget.in_flight == 3
+    clock.advance(5.0)  # long in flight (a slow Discord, or a busy loop): still counted
+    late = budget.request("edit:x", 0.0, tracked=True)
+    await asyncio.sleep(0)
+    assert not late.done()
+    budget.release()  # ended now: counts for one more second
+    await asyncio.sleep(0)
+    assert not late.done()
+    clock.advance(1.01)
+    budget.pump()
+    await asyncio.sleep(0)
+    assert late.done() and budget.in_flight == 3
+
+
 async def test_observe_remaining_zero_holds_bucket_until_reset() -> None:
     clock = FakeClock()
     budget = RateBudget(rate=100.0, margin=0.01, clock=clock)
@@ -353,8 +402,8 @@ async def test_first_message_is_sent_immediately_and_final_edit_asap() -> None:
     done = time.monotonic()
     assert sink.shown() == ["Hello world"]
     (edit,) = sink.edits()
-    # the final edit waits for the per-message interval, and not longer
-    assert sends[0].t + 0.3 - 0.005 <= edit.t <= sends[0].t + 0.3 + 0.05
+    # the first edit of a message is its final one: not held for the interval
+    assert edit.t - sends[0].t < 0.05
     assert done - edit.t < 0.05
     assert r.stats.sends == 1 and r.stats.edits == 1 and r.stats.handles == [sends[0].handle]
     assert not discord.violations
@@ -571,7 +620,7 @@ async def test_typing_before_first_text_goes_through_budget() -> None:
     discord = FakeDiscord()
     sink = FakeSink(discord)
     budget = make_budget()
-    r = ReplyRenderer(sink, budget, edit_interval=0.05, typing_interval=0.1)
+    r = ReplyRenderer(sink, budget, edit_interval=0.05, typing_interval=0.1, typing_delay=0)
     await asyncio.sleep(0.25)  # typing at ~0, 0.1, 0.2
     typing = [c for c in sink.calls if c.kind == "typing"]
     assert 2 <= len(typing) <= 3
@@ -588,7 +637,7 @@ async def test_typing_waits_for_a_grant() -> None:
     sink = FakeSink(discord)
     budget = RateBudget(rate=5.0, burst=1.0)
     await budget.acquire("other")  # the only token is gone: next one in 0.2 s
-    r = ReplyRenderer(sink, budget, edit_interval=0.05, typing_interval=10)
+    r = ReplyRenderer(sink, budget, edit_interval=0.05, typing_interval=10, typing_delay=0)
     await asyncio.sleep(0.1)
     assert r.stats.typing == 0
     await asyncio.sleep(0.15)
@@ -596,6 +645,57 @@ async def test_typing_waits_for_a_grant() -> None:
     r.push("x")
     await r.finish()
     assert sink.shown() == ["x"]
+
+
+class SlowTypingSink(FakeSink):
+    """Typing requests take `typing_latency` s to be acknowledged (Discord: ~0.1-0.4 s)."""
+
+    typing_latency = 0.5
+
+    async def typing(self) -> None:
+        await super().typing()
+        await asyncio.sleep(self.typing_latency)
+
+
+async def test_no_typing_when_text_comes_within_typing_delay() -> None:
+    sink = SlowTypingSink(FakeDiscord())
+    r = ReplyRenderer(sink, make_budget(), edit_interval=0.05, typing_delay=0.1)
+    await asyncio.sleep(0.05)
+    r.push("quick")
+    await r.finish()
+    assert r.stats.typing == 0 and sink.shown() == ["quick"]
+
+
+async def test_typing_only_after_typing_delay_without_text() -> None:
+    sink = SlowTypingSink(FakeDiscord())
+    r = ReplyRenderer(sink, make_budget(), edit_interval=0.05, typing_delay=0.1)
+    await asyncio.sleep(0.07)
+    assert r.stats.typing == 0
+    await asyncio.sleep(0.08)
+    assert r.stats.typing == 1
+    await r.fail(NOTE)
+    assert sink.shown() == [NOTE]
+
+
+@pytest.mark.parametrize("end", ["answer", "fail"])
+async def test_reply_arriving_while_typing_is_in_flight_is_shown_at_once(end: str) -> None:
+    """Regression: the typing request was awaited, then `typing_interval` slept through
+    text, a finish or a failure that came meanwhile (shown 8 s late)."""
+    sink = SlowTypingSink(FakeDiscord())
+    r = ReplyRenderer(sink, make_budget(), edit_interval=1.0, typing_delay=0)
+    await asyncio.sleep(0.05)
+    assert r.stats.typing == 1  # in flight for another 0.45 s
+    t0 = time.monotonic()
+    if end == "answer":
+        r.push("The whole answer.")
+        await r.finish()
+        expected = ["The whole answer."]
+    else:
+        await r.fail(NOTE)
+        expected = [NOTE]
+    assert time.monotonic() - t0 < 0.1
+    assert sink.shown() == expected
+    assert [c.kind for c in sink.calls] == ["typing", "send"]
 
 
 async def test_observed_rate_limit_delays_next_edit() -> None:

@@ -13,24 +13,34 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from bot.chat.attachments import Prepared, Quoted, Source, prepare, quote_block
 from bot.chat.context import BuiltContext, build_context, speaker_line
 from bot.chat.model_choice import ModelChoiceService
 from bot.chat.personas import render, resolve
 from bot.chat.summary import FoldTask, SummaryService
 from bot.chat.usage import UsageService
-from bot.config import LLMConfig, MCPConfig, ModelSpec
-from bot.errors import BotError, LLMEmptyReply, LLMError, LLMOnlyThought, MemoryUnavailable
+from bot.config import AttachmentsConfig, LLMConfig, MCPConfig, ModelSpec
+from bot.delivery.gate import has_visible_text
+from bot.errors import (
+    BotError,
+    EmptyMessage,
+    LLMEmptyReply,
+    LLMError,
+    LLMOnlyThought,
+    MemoryUnavailable,
+)
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.models import ModelRegistry
 from bot.llm.tokens import PER_MESSAGE, TokenCounter
 from bot.memory.store import Store, TurnLock, UsageRecord
-from bot.models import Place, Speaker, TokenUsage, Turn
+from bot.models import ImageRef, Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
 from bot.tools.control import ToolService
 from bot.tools.loop import CHARS_PER_TOKEN, ToolRun, ToolStep
@@ -72,11 +82,16 @@ class ConversationService:
         llm_config: LLMConfig,
         default_persona: str,
         metrics: Metrics | None = None,
+        attachments: AttachmentsConfig | None = None,
+        max_images: int = 4,
         summaries: SummaryService | None = None,
         models: ModelRegistry | None = None,
         choices: ModelChoiceService | None = None,
         tools: ToolService | None = None,
     ) -> None:
+        self.attachments = attachments or AttachmentsConfig()
+        # Images of the most recent turns sent to a vision model (history.max_images).
+        self.max_images = max_images
         self.store = store
         self.summaries = summaries
         self.llm = llm
@@ -92,10 +107,23 @@ class ConversationService:
         self.tools = tools
 
     def reply(
-        self, place: Place, speaker: Speaker, text: str, *, message_id: int | None = None
+        self,
+        place: Place,
+        speaker: Speaker,
+        text: str,
+        *,
+        message_id: int | None = None,
+        files: Sequence[Source] = (),
+        quoted: Quoted | None = None,
     ) -> Reply:
-        """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`."""
-        return Reply(self, place, speaker, text, message_id)
+        """Start answering `text`; use as `async with service.reply(...) as r: async for d in r`.
+
+        `files` are read once the channel is held (so replies keep arrival order), and
+        `quoted` is quoted unless its message is already in the history. A message left
+        with nothing to read raises `EmptyMessage` (with notes on its files)."""
+        reply = Reply(self, place, speaker, text, message_id)
+        reply.files, reply.quoted = list(files), quoted
+        return reply
 
     async def model_offers_tools(self, place: Place) -> bool:
         """Whether the model answering in `place` may call tools (its `tools` flag)."""
@@ -133,6 +161,12 @@ class Reply:
         self._started = 0.0
         self._first_token_at: float | None = None
         self._user_turn: Turn | None = None
+        self.files: list[Source] = []
+        self.quoted: Quoted | None = None
+        # What the files (and the quoted message's) gave, once read.
+        self.attachments: Prepared | None = None
+        # Base64 bytes of the images this turn brings (stored with it on commit).
+        self._new_images: dict[str, str] = {}
         self._history: list[Turn] = []
         self._persona_tokens = 0
         # The model answering (after any fallback) and its token counter.
@@ -153,26 +187,31 @@ class Reply:
                 s.store.turn(self.place, self.speaker.id, order=self.message_id)
             )
             s.usage.check_quota(loaded.user_tokens_today)
+            await self._read_files(loaded.history)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
             self._history = loaded.history
             self._persona_tokens = s.counter.count_message({"role": "system", "content": system})
+            content, refs = self._content_and_images()
             self._user_turn = Turn(
                 role="user",
-                content=self.text,
-                tokens=s.counter.count(speaker_line(self.speaker.name, self.text)),
+                content=content,
+                tokens=s.counter.count(speaker_line(self.speaker.name, content)),
                 at=time.time(),
                 author_id=self.speaker.id,
                 author_name=self.speaker.name,
                 message_id=self.message_id,
+                images=refs,
             )
+            images = await self._images_to_send(loaded.history)
             user_turn = self._user_turn
             # Tools this place may use; each model in the fallback chain says whether it can.
             available = await self._available_tools()
             offered: dict[str, list[ToolInfo]] = {}
 
             def messages_for(spec: ModelSpec) -> list[dict[str, Any]]:
-                # Each model has its own context budget and token calibration.
+                # Each model has its own context budget and token calibration; only a
+                # model with vision is sent images (the others get placeholders).
                 self.spec, self.counter = spec, s.models.counter(spec)
                 tools = offered[spec.name] = available if spec.tools else []
                 self.context = build_context(
@@ -182,6 +221,8 @@ class Reply:
                     context_tokens=spec.context_tokens - self._tool_reserve(tools),
                     reply_tokens=spec.max_tokens,
                     counter=self.counter,
+                    images=images if spec.vision else None,
+                    image_tokens=s.attachments.image_tokens,
                     summary=loaded.summary.text if loaded.summary else "",
                 )
                 return self.context.messages
@@ -203,6 +244,49 @@ class Reply:
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    async def _read_files(self, history: list[Turn]) -> None:
+        """Quote the message replied to (if new here) and read the attached files."""
+        sources = list(self.files)
+        q = self.quoted
+        if q is not None and not any(t.message_id == q.message_id for t in history):
+            quote = quote_block(q.author, q.text)
+            self.text = f"{quote}\n\n{self.text}" if self.text else quote
+            sources = [*q.sources, *sources]
+        if sources:  # images are fetched only for a model with vision (else: one note)
+            self.attachments = await prepare(sources, self.s.attachments, vision=self.spec.vision)
+        if not has_visible_text(self.text) and (not self.attachments or self.attachments.empty):
+            raise EmptyMessage(self.attachments.notes if self.attachments else None)
+
+    def _content_and_images(self) -> tuple[str, tuple[ImageRef, ...]]:
+        """The stored text of the user turn (file blocks appended) and its image refs."""
+        prepared = self.attachments
+        if prepared is None:
+            return self.text, ()
+        content = "\n\n".join(p for p in (self.text, prepared.text) if p)
+        refs = []
+        for image in prepared.images:
+            ref = ImageRef(secrets.token_hex(8), image.name, image.mime, image.width, image.height)
+            self._new_images[ref.id] = image.b64()
+            refs.append(ref)
+        return content, tuple(refs)
+
+    async def _images_to_send(self, history: list[Turn]) -> dict[str, str]:
+        """The newest `max_images` images (this turn's first), loaded from Redis if stored."""
+        s = self.s
+        if not self.spec.vision or s.max_images == 0:
+            return {}
+        assert self._user_turn is not None
+        wanted: list[str] = []
+        for turn in [self._user_turn, *reversed(history)]:
+            for ref in turn.images:
+                if len(wanted) < s.max_images:
+                    wanted.append(ref.id)
+        found = {i: self._new_images[i] for i in wanted if i in self._new_images}
+        stored = [i for i in wanted if i not in found]
+        if stored:
+            found.update(await s.store.images(self.place.channel_id, stored))
+        return found
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -247,9 +331,16 @@ class Reply:
             tool_note=note,
         )
         length = await s.store.commit(
-            self.place, [self._user_turn, reply_turn], self._usage_record(usage), self._lock
+            self.place,
+            [self._user_turn, reply_turn],
+            self._usage_record(usage),
+            self._lock,
+            # None: neither this turn nor the history has images, nothing to store or prune.
+            images=self._new_images
+            if self._new_images or any(t.images for t in self._history)
+            else None,
         )
-        notes = list(self._notes)
+        notes = [*(self.attachments.notes if self.attachments else []), *self._notes]
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
         finish = stream.finish_reason or "stop"

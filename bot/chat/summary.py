@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bot.chat.context import _cut_to, speaker_line
+from bot.chat.context import _cut_to, as_message
 from bot.config import HistoryConfig, LLMConfig
 from bot.errors import BotError, LLMEmptyReply, LLMError, MemoryUnavailable
 from bot.llm.client import LLMClient
@@ -100,7 +100,8 @@ def turns_to_fold(
 def transcript(turns: Sequence[Turn], bot_name: str) -> list[str]:
     """The turns as lines of "speaker: text", the way the model saw them."""
     return [
-        speaker_line(t.author_name, t.content) if t.role == "user" else f"{bot_name}: {t.content}"
+        # as_message: a user turn's images appear as "[image: name]" placeholders.
+        str(as_message(t)["content"]) if t.role == "user" else f"{bot_name}: {t.content}"
         for t in turns
     ]
 

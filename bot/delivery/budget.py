@@ -24,14 +24,41 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _T = TypeVar("_T")
 
+DISCORD_GLOBAL_RATE = 50.0  # requests per second per bot
+DEFAULT_BURST = 5.0
+
+
+def head_start_for(rate: float, burst: float = DEFAULT_BURST) -> float:
+    """Extra grants a reply's first message may take, up to Discord's 50/s.
+
+    Replies that start together (many channels at once) each need one create before
+    anything is visible: at 40/s with a burst of 5 (and a head start of 5), ten first
+    messages go out at once instead of five, then one every 25 ms. Only first messages
+    get it: a burst of 10 for every request let the bucket refill to 10 whenever the
+    streams' edits waited for their channels, and the bunched requests earned global
+    429s at 200 channels. Pair it with `per_second` and tracked requests (`release`):
+    a cap on grants alone did not stop global 429s when 200 replies started together,
+    because a busy event loop sends requests granted over more than a second within one.
+    """
+    return max(0.0, DISCORD_GLOBAL_RATE - rate - burst)
+
 
 class _Waiter:
-    __slots__ = ("bucket", "fut", "priority")
+    __slots__ = ("bucket", "first", "fut", "priority", "tracked")
 
-    def __init__(self, bucket: str, priority: float, fut: asyncio.Future[None]) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        priority: float,
+        fut: asyncio.Future[None],
+        first: bool = False,
+        tracked: bool = False,
+    ) -> None:
         self.bucket = bucket
         self.priority = priority
         self.fut = fut
+        self.first = first
+        self.tracked = tracked
 
 
 class _Bucket:
@@ -51,6 +78,9 @@ class RateBudget:
 
     * Global: a token bucket of `rate` grants/s with `burst` tokens, so any 1-second
       window holds at most ``rate + burst`` requests (Discord allows 50/s per bot).
+      A reply's first message (``first=True``) may also spend `head_start` tokens
+      beyond the bucket (see `head_start_for`). `per_second` caps what can reach
+      Discord in any second, counting tracked requests until they end (`release`).
     * Per bucket: at most `bucket_limit` grants per `bucket_period` seconds (sliding
       window) for buckets Discord has not told us about; once `observe` has seen a
       bucket's headers, its remaining count and reset time rule instead, and
@@ -74,6 +104,8 @@ class RateBudget:
         bucket_period: float = 5.0,
         margin: float = 0.05,
         clock: Clock = time.monotonic,
+        head_start: float = 0.0,
+        per_second: float | None = None,
     ) -> None:
         if rate <= 0 or burst < 1 or bucket_limit < 1 or bucket_period <= 0:
             raise ValueError("rate, burst, bucket_limit and bucket_period must be positive")
@@ -84,7 +116,16 @@ class RateBudget:
         self.margin = margin  # slack for request latency jitter between grant and Discord
         self.clock = clock
         self.granted = 0  # total grants, for tests and metrics
+        self.head_start = head_start
         self._tokens = burst
+        # `per_second`: requests that may have reached Discord within the last second,
+        # counted as those in flight (granted, `release` not called yet) plus those that
+        # ended (or, untracked, were granted) less than a second ago. A request reaches
+        # Discord before it ends, so this bounds what Discord counts however late
+        # granted requests actually go out (a busy event loop bunches them).
+        self.per_second = per_second
+        self.in_flight = 0
+        self._second: deque[float] = deque()
         self._stamp = clock()
         self._hold_until = 0.0
         self._ready: list[tuple[float, int, _Waiter]] = []  # by priority
@@ -105,22 +146,49 @@ class RateBudget:
         bucket's reset): grants are scarce and the budget sets every stream's pace."""
         return any(not w.fut.done() for _, _, w in self._ready)
 
-    async def acquire(self, bucket: str, priority: float | None = None) -> None:
-        """Wait for a grant to make one request in `bucket`."""
+    async def acquire(
+        self,
+        bucket: str,
+        priority: float | None = None,
+        *,
+        first: bool = False,
+        tracked: bool = False,
+    ) -> None:
+        """Wait for a grant to make one request in `bucket` (`first`: a reply's first
+        message, which may use the head start; `tracked`: the caller calls `release`
+        once the request has ended, sent or not)."""
         now = self.clock()
         if priority is None:
             priority = now
-        if not self._ready and self._take(bucket, now):
+        if not self._ready and self._take(bucket, now, first, tracked):
             return  # fast path: nobody waiting, no future needed
-        await self.request(bucket, priority)
+        fut = self.request(bucket, priority, first=first, tracked=tracked)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if tracked and fut.done() and not fut.cancelled():
+                self.release()  # granted, but the caller will never send it
+            raise
 
-    def request(self, bucket: str, priority: float) -> asyncio.Future[None]:
-        """A future resolved when the grant is given; cancel it to withdraw the request."""
+    def request(
+        self, bucket: str, priority: float, *, first: bool = False, tracked: bool = False
+    ) -> asyncio.Future[None]:
+        """A future resolved when the grant is given; cancel it to withdraw the request.
+        With `tracked`, call `release` once a granted request has ended."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         seq = next(self._seq)
-        heapq.heappush(self._ready, (priority, seq, _Waiter(bucket, priority, fut)))
+        waiter = _Waiter(bucket, priority, fut, first, tracked)
+        heapq.heappush(self._ready, (priority, seq, waiter))
         self.pump()
         return fut
+
+    def release(self) -> None:
+        """A tracked request has ended (answered, failed, or not sent after all)."""
+        self.in_flight -= 1
+        if self.per_second is not None:
+            self._second.append(self.clock())
+        if self._ready:
+            self.pump()
 
     def observe(self, bucket: str, remaining: int, reset_after: float) -> None:
         """Learn a bucket's state from Discord's X-RateLimit-Remaining / -Reset-After."""
@@ -164,17 +232,20 @@ class RateBudget:
                 heapq.heappop(ready)
                 heapq.heappush(parked, (opens, seq, w))
                 continue
-            if self._tokens < 1.0:
+            if self._tokens < self._floor(w.first) or self._second_full(now):
                 break
             heapq.heappop(ready)
-            self._grant(w.bucket, now)
+            self._grant(w.bucket, now, w.tracked)
             w.fut.set_result(None)
         while ready and ready[0][2].fut.done():
             heapq.heappop(ready)
         wake = math.inf
         if ready:
-            need = (1.0 - self._tokens) / self.rate if self._tokens < 1.0 else 0.0
+            floor = self._floor(ready[0][2].first)
+            need = (floor - self._tokens) / self.rate if self._tokens < floor else 0.0
             wake = max(self._hold_until, now + need)
+            if self._second_full(now) and self._second:
+                wake = max(wake, self._second[0] + 1.0)  # else a `release` pumps
         if parked:
             wake = min(wake, max(parked[0][0], self._hold_until))
         self._arm(wake, now)
@@ -202,25 +273,46 @@ class RateBudget:
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
 
-    def _take(self, bucket: str, now: float) -> bool:
+    def _floor(self, first: bool) -> float:
+        """Tokens needed for a grant: one, or less for a first message's head start."""
+        return 1.0 - self.head_start if first else 1.0
+
+    def _take(self, bucket: str, now: float, first: bool = False, tracked: bool = False) -> bool:
         """Grant immediately if allowed (caller checked nobody waits)."""
         if now < self._hold_until:
             return False
         self._refill(now)
-        if self._tokens < 1.0 or self._bucket_opens(bucket, now) > now:
+        if (
+            self._tokens < self._floor(first)
+            or self._second_full(now)
+            or self._bucket_opens(bucket, now) > now
+        ):
             return False
-        self._grant(bucket, now)
+        self._grant(bucket, now, tracked)
         return True
 
-    def _grant(self, bucket: str, now: float) -> None:
+    def _grant(self, bucket: str, now: float, tracked: bool = False) -> None:
         self._tokens -= 1.0
         self.granted += 1
+        if tracked:
+            self.in_flight += 1
+        elif self.per_second is not None:
+            self._second.append(now)
         b = self._bucket(bucket)
         b.recent.append(now)
         if b.learned and now < b.reset_at:
             b.remaining -= 1
         if self.granted % 4096 == 0:
             self._prune(now)
+
+    def _second_full(self, now: float) -> bool:
+        """True while `per_second` requests may have reached Discord in the last second."""
+        if self.per_second is None:
+            return False
+        s = self._second
+        while s and s[0] <= now - 1.0:
+            s.popleft()
+        return len(s) + self.in_flight >= self.per_second
 
     def _bucket(self, key: str) -> _Bucket:
         b = self._buckets.get(key)

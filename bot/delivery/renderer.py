@@ -70,6 +70,7 @@ class _Message:
     buttons: tuple[Button, ...] = ()  # buttons Discord shows under it
     failures: int = 0
     dead: bool = False
+    edited: bool = False  # `edit_interval` spaces two edits; a send and one edit are not
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -83,8 +84,10 @@ class ReplyRenderer:
     `push()` is called by the LLM reader for every token and never waits; a render task
     does all Sink calls, each after a grant from the shared `RateBudget`:
 
-    * typing every `typing_interval` s until the first text, then the first message at
-      once; later text by edits (newest text only, at most one edit per message per
+    * the first message as soon as there is text; a typing indicator only when the model
+      is slow to start (no text after `typing_delay` s, then every `typing_interval` s),
+      sent beside the render loop so a typing request in flight never holds up text;
+      later text by edits (newest text only, at most one edit per message per
       `edit_interval`), with `marker` after the in-progress part;
     * past `limit` the reply continues in a new message replying to the previous one
       (split by `plan_split`); earlier parts get one final edit without the marker;
@@ -110,6 +113,7 @@ class ReplyRenderer:
         call_timeout: float = 15.0,
         max_failures: int = 3,
         flush_timeout: float = 60.0,
+        typing_delay: float = 0.5,
     ) -> None:
         self.sink = sink
         self.budget = budget
@@ -120,6 +124,7 @@ class ReplyRenderer:
         self.call_timeout = call_timeout
         self.max_failures = max_failures
         self.flush_timeout = flush_timeout
+        self.typing_delay = typing_delay
         self.stats = RenderStats()
         self._clock = budget.clock
         self._splitter = IncrementalSplitter(limit)
@@ -142,6 +147,10 @@ class ReplyRenderer:
         self._wake_len = 0  # push wakes the task only once the text is longer than this
         self._task: asyncio.Task[None] | None = None
         self._header = ""  # shown above the text in the first message (see set_header)
+        # Set by the first text, a status or the end: level-triggered, so no wake-up
+        # can be lost.
+        self._started = asyncio.Event()
+        self._typing_task: asyncio.Task[None] | None = None
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -172,6 +181,8 @@ class ReplyRenderer:
             return
         self._chunks.append(delta)
         self._length += len(delta)
+        if self._length == len(delta):
+            self._started.set()
         if self._since_snapshot is None:
             now = self._clock()
             self._since_snapshot = now
@@ -224,6 +235,8 @@ class ReplyRenderer:
         if text == self._status:
             return
         self._status = text
+        if text is not None:
+            self._started.set()  # something is shown: no typing indicator any more
         if self._task is None:
             self._start()
         self._wake()
@@ -246,6 +259,7 @@ class ReplyRenderer:
         if not self._closing:
             self._closing = True
             self._note = note
+        self._started.set()
         if self._task is None:
             self._start()
         task = self._task
@@ -305,8 +319,9 @@ class ReplyRenderer:
         return self._parts[-1].body
 
     async def _run(self) -> None:
+        if not self._started.is_set():
+            self._typing_task = asyncio.get_running_loop().create_task(self._typing())
         try:
-            await self._typing_phase()
             while not self._broken:
                 now = self._clock()
                 action = self._next_action(now)
@@ -321,25 +336,48 @@ class ReplyRenderer:
             raise
         except Exception:
             log.exception("reply renderer crashed")
+        finally:
+            if self._typing_task is not None:
+                self._typing_task.cancel()
 
-    async def _typing_phase(self) -> None:
-        """Typing indicator until the first text, through the budget like any request."""
-        while self._length == 0 and not self._closing and self._status is None:
-            grant = self.budget.request(self.sink.bucket("typing"), self._clock())
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            self._wake_len = 0
+    async def _typing(self) -> None:
+        """Typing indicator while the model is slow to start, through the budget.
+
+        Runs beside the render loop: text, a finish or a failure arriving while a typing
+        request waits for its grant or is in flight is shown at once (awaiting typing in
+        the render loop delayed such replies by `typing_interval`, 8 s). Nothing is sent
+        when text comes within `typing_delay`: a typing request then only takes a grant
+        from the first messages of other replies.
+        """
+        due = self._clock() + self.typing_delay
+        while await self._before_text(None, due):
+            bucket = self.sink.bucket("typing")
+            grant = self.budget.request(bucket, self._clock(), tracked=True)
             try:
-                await asyncio.wait((grant, waiter), return_when=asyncio.FIRST_COMPLETED)
+                if not await self._before_text(grant, math.inf):
+                    return
+                self.stats.typing += 1
+                await self._call(self.sink.typing())
             finally:
-                self._waiter = None
                 if not grant.done():
                     grant.cancel()
-            if self._length or self._closing or self._status is not None:
-                return
-            self.stats.typing += 1
-            await self._call(self.sink.typing())
-            await self._sleep(self._clock() + self.typing_interval, 0)
+                elif not grant.cancelled():
+                    self.budget.release()
+            due = self._clock() + self.typing_interval
+
+    async def _before_text(self, fut: asyncio.Future[None] | None, until: float) -> bool:
+        """Wait for `fut` or `until`, whichever first; False at once when the reply has
+        text or has ended (checked by an Event, so it cannot be missed)."""
+        if self._started.is_set():
+            return False
+        started = asyncio.get_running_loop().create_task(self._started.wait())
+        waits: set[asyncio.Future[Any]] = {started} if fut is None else {started, fut}
+        timeout = None if until == math.inf else max(until - self._clock(), 0.0)
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()
+        return not self._started.is_set()
 
     def _next_action(self, now: float) -> tuple[str, int] | float:
         """The next request to make now, or the time one becomes possible (inf: none)."""
@@ -370,9 +408,15 @@ class ReplyRenderer:
         for i, msg in enumerate(self._msgs):
             if msg.dead or self._up_to_date(i, desired):
                 continue
-            if now >= msg.next_edit:
+            # The final text of a message never edited yet goes out at once (a quick
+            # answer is complete one round trip after its first message, not after
+            # `edit_interval`); the budget still keeps it within the channel's bucket.
+            ready_at = msg.next_edit
+            if self._closing and not msg.edited and not msg.failures:
+                ready_at = now
+            if now >= ready_at:
                 return ("edit", i)
-            due = min(due, msg.next_edit)
+            due = min(due, ready_at)
         if now >= send_at:
             return ("send", sent)
         return min(due, send_at)
@@ -422,7 +466,15 @@ class ReplyRenderer:
 
     async def _perform(self, kind: str, index: int) -> None:
         priority = self._unseen_since if self._unseen_since is not None else self._clock()
-        await self.budget.acquire(self.sink.bucket(kind), priority)
+        first = kind == "send" and index == 0  # may use the budget's head start
+        await self.budget.acquire(self.sink.bucket(kind), priority, first=first, tracked=True)
+        try:
+            await self._granted(kind, index)
+        finally:
+            self.budget.release()
+
+    async def _granted(self, kind: str, index: int) -> None:
+        """Make the request the budget granted, with the newest text."""
         desired = self._plan()  # the newest text, whatever arrived while waiting
         content = desired[index]
         buttons = self._buttons_for(index, desired)
@@ -437,6 +489,7 @@ class ReplyRenderer:
             ok, _ = await self._call(self.sink.edit(msg.handle, content, buttons))
             if ok:
                 msg.shown, msg.buttons, msg.failures = content, buttons, 0
+                msg.edited = True
             else:
                 msg.failures += 1
                 msg.next_edit = now + self.edit_interval * msg.failures

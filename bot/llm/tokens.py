@@ -71,8 +71,18 @@ class TokenCounter:
         return len(self._get_encoding().encode_ordinary(text))
 
     def count_message(self, message: Mapping[str, Any]) -> int:
-        """Tokens one chat message adds to a prompt, overhead included."""
-        n = PER_MESSAGE + self.count(str(message.get("content") or ""))
+        """Tokens one chat message adds to a prompt, overhead included.
+
+        Of a list of content parts only the text parts count here: what an image costs
+        depends on the model, so the context builder adds its configured estimate."""
+        content = message.get("content") or ""
+        if isinstance(content, list):
+            content = "\n".join(
+                str(p.get("text") or "")
+                for p in content
+                if isinstance(p, Mapping) and p.get("type") == "text"
+            )
+        n = PER_MESSAGE + self.count(str(content))
         if message.get("name"):
             n += PER_NAME + self.count(str(message["name"]))
         return n

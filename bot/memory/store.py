@@ -30,7 +30,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -139,6 +139,36 @@ if KEYS[3] and ARGV[3] ~= '' then
 end
 return 1
 """
+# Store a turn's images next to the history (unless the channel was reset, as above) and
+# drop images no stored turn refers to any more (trimmed away). Runs right after _COMMIT
+# in the same MULTI (on a cluster: the same request to the channel's node, and repeated
+# with it if that fails), so a turn and its images are written together.
+# KEYS: images, history, epoch. ARGV: epoch at load, TTL s (0: keep), id, data, id, data...
+_IMAGES = """
+local epoch = redis.call('get', KEYS[3])
+if epoch and epoch ~= ARGV[1] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+local used = {}
+for _, raw in ipairs(redis.call('lrange', KEYS[2], 0, -1)) do
+  if string.find(raw, '"images"', 1, true) then
+    local ok, turn = pcall(cjson.decode, raw)
+    if ok and type(turn.images) == 'table' then
+      for _, img in ipairs(turn.images) do used[img.id] = true end
+    end
+  end
+end
+local dropped = 0
+for _, id in ipairs(redis.call('hkeys', KEYS[1])) do
+  if not used[id] then redis.call('hdel', KEYS[1], id); dropped = dropped + 1 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('expire', KEYS[1], ARGV[2])
+else
+  redis.call('persist', KEYS[1])
+end
+return dropped
+"""
 # Replace the oldest turns by the summary that covers them, in one step, only if nothing
 # changed since they were read: same reset epoch, same summary, and the history still
 # starts with exactly those turns. So a concurrent reply (it appends at the end), a /reset
@@ -198,6 +228,10 @@ class Keys:
 
     def history(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:history"
+
+    def images(self, channel_id: int) -> str:
+        """Hash: image id -> base64 bytes of the images the history's turns refer to."""
+        return f"{self.prefix}:{{c{channel_id}}}:images"
 
     def lock(self, channel_id: int) -> str:
         return f"{self.prefix}:{{c{channel_id}}}:lock"
@@ -512,7 +546,12 @@ class Store:
             delay = min(delay * 1.5, MAX_POLL_S)
 
     async def commit(
-        self, place: Place, turns: list[Turn], usage: UsageRecord, lock: TurnLock
+        self,
+        place: Place,
+        turns: list[Turn],
+        usage: UsageRecord,
+        lock: TurnLock,
+        images: Mapping[str, str] | None = None,
     ) -> int:
         """Append the turns, trim, count usage, refresh TTLs and release the lock.
 
@@ -521,6 +560,8 @@ class Store:
         atomic script in the channel's slot, sent together with the user's and server's
         counter scripts to their nodes; if only a counter's node fails, that counter is
         retried in the background (idempotent: each write is guarded by the turn's id).
+        `images` (id -> base64) are the bytes of images the turns refer to; None (no
+        images here at all) skips storing them and pruning those of trimmed turns.
         Returns the history length after trimming.
         """
         k = self.keys
@@ -548,21 +589,37 @@ class Store:
                 *fields.pairs,
             )
 
+        channel_results = 1 if images is None else 2
+
         async def write() -> list[Any]:
             async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 channel_part(pipe)
+                if images is not None:
+                    pipe.eval(
+                        _IMAGES,
+                        3,
+                        k.images(cid),
+                        k.history(cid),
+                        k.epoch(cid),
+                        lock.epoch,
+                        self.retention_s,
+                        *(part for pair in images.items() for part in pair),
+                    )
                 for scope, ident in self._other_scopes(usage):
                     self._queue_count(pipe, scope, ident, lock.token, fields)
                 results: list[Any] = await pipe.execute(raise_on_error=not self.cluster)
-            if isinstance(results[0], Exception):
-                raise results[0]  # the channel's part decides (repeating it is safe)
+            for outcome in results[:channel_results]:
+                if isinstance(outcome, Exception):
+                    raise outcome  # the channel's part decides (repeating it is safe)
             return results
 
         result = await self._call(write)
         lock.held = False
         failed = [
             scope
-            for scope, outcome in zip(self._other_scopes(usage), result[1:], strict=True)
+            for scope, outcome in zip(
+                self._other_scopes(usage), result[channel_results:], strict=True
+            )
             if isinstance(outcome, Exception)
         ]
         if failed:
@@ -667,9 +724,18 @@ class Store:
                 # A reply streaming now will see the new epoch and not write its turns back.
                 pipe.incr(epoch)
                 pipe.expire(epoch, DAY)
+                pipe.delete(self.keys.images(channel_id))
                 return await pipe.execute()
 
         return int((await self._call(clear))[0])
+
+    async def images(self, channel_id: int, ids: list[str]) -> dict[str, str]:
+        """Stored images (base64) by id; ids whose image is gone are left out."""
+        if not ids:
+            return {}
+        key = self.keys.images(channel_id)
+        values = await self._call(lambda: self.redis.hmget(key, ids))
+        return {i: _s(v) for i, v in zip(ids, values, strict=True) if v}
 
     # --- rolling summary ---------------------------------------------------------------
 
@@ -704,7 +770,18 @@ class Store:
             *dropped,
         ]
         done = await self._call(lambda: self._fold(keys=keys, args=args))
+        if done:
+            await self._drop_images(channel_id, dropped)
         return bool(done)
+
+    async def _drop_images(self, channel_id: int, raw_turns: list[str]) -> None:
+        """Images of turns that left the history go with them."""
+        ids = [
+            ref.id for raw in raw_turns if '"images"' in raw for ref in Turn.from_json(raw).images
+        ]
+        if ids:
+            key = self.keys.images(channel_id)
+            await self._call(lambda: self.redis.hdel(key, *ids))
 
     async def claim_summarizing(self, channel_id: int, token: str, lease_s: float) -> bool:
         """Take the channel's summarising lease, so two processes don't both do the work."""

@@ -10,14 +10,19 @@ from .discord_api import (
     RateLimits,
     RequestRecord,
 )
+from .latency import REALISTIC, Delay, Latency, realistic
 
 __all__ = [
+    "REALISTIC",
     "CallbackRecord",
+    "Delay",
     "DiscordStandIn",
     "IdentifyRecord",
     "InteractionRecord",
+    "Latency",
     "MessageEdit",
     "MessageRecord",
     "RateLimits",
     "RequestRecord",
+    "realistic",
 ]

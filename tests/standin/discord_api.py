@@ -88,6 +88,7 @@ from .discord_models import (
     validate_message_fields,
     validate_modal,
 )
+from .latency import Latency
 
 __all__ = [
     "CallbackRecord",
@@ -379,6 +380,7 @@ class DiscordStandIn:
         dispatch_own_messages: bool = True,
         privileged_intents_allowed: bool = True,
         host: str = "127.0.0.1",
+        delays: Latency | None = None,
     ) -> None:
         self.token = token
         self.host = host
@@ -392,10 +394,13 @@ class DiscordStandIn:
         self.interaction_token_ttl = interaction_token_ttl
         self.dispatch_own_messages = dispatch_own_messages
         self.latency = 0.0
+        #: Per-route acknowledgement delay and gateway dispatch delay (see latency.py).
+        self.delays = delays or Latency()
         self.gateway = Gateway(
             self,
             heartbeat_interval=heartbeat_interval,
             privileged_intents_allowed=privileged_intents_allowed,
+            delays=self.delays,
         )
 
         self.application_id = application_id or self.ids.next()
@@ -415,6 +420,7 @@ class DiscordStandIn:
         self.command_syncs: list[tuple[float, int | None, list[dict[str, Any]]]] = []
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
         self.attachment_blobs: dict[int, tuple[bytes, str]] = {}
+        self.attachment_downloads: list[str] = []
         self.typing: list[tuple[float, int]] = []
         self.request_log: list[RequestRecord] = []
         #: Exceptions raised inside handlers (stand-in bugs); answered 503 so they surface.
@@ -1676,7 +1682,7 @@ class DiscordStandIn:
             json_body, uploads = await self._read_body(request)
             record.json = json_body
             record.files = [(u.field, u.filename, u.data) for u in uploads]
-            await self._apply_latency(method, path)
+            await self._apply_latency(method, path, route.key if route else None)
             if route is None:
                 if path_known:
                     raise ApiError(405, 0, "405: Method Not Allowed")
@@ -1766,8 +1772,8 @@ class DiscordStandIn:
         except ValueError:
             raise ApiError(400, 50109, "The request body contains invalid JSON.") from None
 
-    async def _apply_latency(self, method: str, path: str) -> None:
-        delay = self.latency
+    async def _apply_latency(self, method: str, path: str, route_key: str | None = None) -> None:
+        delay = self.latency + self.delays.for_route(route_key)
         for rule_method, pattern, seconds in self._latency_rules:
             if (rule_method is None or rule_method.upper() == method) and pattern.search(path):
                 delay += seconds
@@ -1893,7 +1899,16 @@ class DiscordStandIn:
         return None
 
     async def _serve_file(self, request: web.Request) -> web.StreamResponse:
-        """CDN stand-in for attachment URLs (bots download user attachments)."""
+        """CDN stand-in for attachment URLs (bots download user attachments).
+
+        `add_latency(s, "/attachments/")` makes downloads slow and `fail_next("GET",
+        "/attachments/", 500)` makes them fail (both match the path ``/attachments/...``);
+        `attachment_downloads` lists the paths fetched."""
+        self.attachment_downloads.append(request.path)
+        await self._apply_latency("GET", request.path)
+        fault = self._take_fault("GET", request.path)
+        if fault is not None:
+            return web.Response(status=fault.status, text=f"{fault.status}: injected")
         try:
             data, ctype = self.attachment_blobs[int(request.match_info["attachment_id"])]
         except (KeyError, ValueError):

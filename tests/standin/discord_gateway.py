@@ -27,6 +27,7 @@ from .discord_models import (
     PRIVILEGED_INTENTS,
     IdentifyRecord,
 )
+from .latency import Latency
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,11 @@ class Gateway:
         *,
         heartbeat_interval: float = 41.25,
         privileged_intents_allowed: bool = True,
+        delays: Latency | None = None,
     ) -> None:
         self.host = host
+        self.delays = delays or Latency()
+        self._last_dispatch_at = 0.0
         self.heartbeat_interval = heartbeat_interval
         self.privileged_intents_allowed = privileged_intents_allowed
         self.sessions: dict[str, GatewaySession] = {}
@@ -380,6 +384,12 @@ class Gateway:
         Returns the ids of the sessions the event was given to.
         """
         delivered: list[str] = []
+        delay = self.delays.for_dispatch()
+        if delay > 0:
+            # Events keep their order (as Discord's do): none overtakes an earlier one.
+            now = time.monotonic()
+            at = self._last_dispatch_at = max(now + delay, self._last_dispatch_at + 1e-4)
+            await asyncio.sleep(at - now)
         for session in self.live_sessions():
             if session_ids is not None and session.session_id not in session_ids:
                 continue

@@ -124,6 +124,24 @@ def count_prompt_tokens(messages: Any) -> int:
     return total
 
 
+def image_urls(body: dict[str, Any]) -> list[list[str]]:
+    """The `image_url` URLs of each user message of a request (an empty list for none)."""
+    found = []
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict) or msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        parts = content if isinstance(content, list) else []
+        found.append(
+            [
+                str(p["image_url"]["url"])
+                for p in parts
+                if isinstance(p, dict) and p.get("type") == "image_url"
+            ]
+        )
+    return found
+
+
 def lorem(n: int) -> str:
     """Deterministic filler text of exactly `n` word tokens."""
     return " ".join(_WORDS[i % len(_WORDS)] for i in range(n))
@@ -360,7 +378,7 @@ class LLMStandIn:
         return [r for r in self.requests if r.summary]
 
     async def start(self) -> LLMStandIn:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # image parts are large
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
