@@ -150,6 +150,19 @@ class RedisConfig:
         ),
     )
     data_dir: str = "data/redis"
+    # Redis Cluster: "auto" asks the server at start (INFO cluster) and uses the cluster
+    # client if it is a cluster node; true or false decide without asking.
+    cluster: Any = field(
+        default="auto",
+        metadata=_check(lambda v: v is True or v is False or v == "auto", 'true, false or "auto"'),
+    )
+
+    def __post_init__(self) -> None:
+        if self.cluster is True and not self.url.startswith(("redis://", "rediss://")):
+            raise ConfigError(
+                "redis.cluster = true: needs redis.url (or REDIS_URL) naming a node of the "
+                "cluster over TCP (redis:// or rediss://); the built-in Redis is no cluster"
+            )
 
 
 @dataclass(frozen=True)

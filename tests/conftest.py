@@ -1,7 +1,12 @@
-"""Shared fixtures: a real Redis server process for the whole session.
+"""Shared fixtures: a real Redis server process for the whole session, and a real cluster.
 
 The suite starts Redis with the same `EmbeddedRedis` the bot uses when no `redis.url`
 is configured, so it needs no system Redis. Each test gets a flushed database.
+
+Backends: tests that take `redis_client` or `redis_url` run on the single server; those
+in CLUSTER_SUITES, and tests marked `@pytest.mark.cluster`, run a second time on a Redis
+Cluster (3 primaries + 3 replicas on loopback, tests/cluster.py) built once per session
+from the same server binary, and only when such a test is collected.
 """
 
 from __future__ import annotations
@@ -12,11 +17,46 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from bot.memory.redis_server import EmbeddedRedis
 from bot.ops import logs
+from tests.cluster import LocalCluster, connect
 from tests.harness import LATENCIES
 from tests.standin.latency import Latency
+
+# Suites that run whole on both backends.
+CLUSTER_SUITES = {"test_store", "test_conversation"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: also run this test on the Redis Cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_backend" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    both = module in CLUSTER_SUITES or metafunc.definition.get_closest_marker("cluster")
+    metafunc.parametrize(
+        "redis_backend", ["single", "cluster"] if both else ["single"], indirect=True
+    )
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """ "single" or "cluster" (parametrized by pytest_generate_tests)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"), node_timeout_ms=3000)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +68,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
-async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
-    if not redis_server.running:  # a fault test may have stopped it
-        redis_server.start()
-    client = aioredis.from_url(redis_server.url, decode_responses=True)
-    await client.flushdb()
+def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    """The URL the bot is given: the single server's socket, or one cluster node."""
+    if redis_backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    if not server.running:  # a fault test may have stopped it
+        server.start()
+    return server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, redis_backend: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url, redis_backend)
+    if isinstance(client, RedisCluster):
+        await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.flushdb()
     yield client
     await client.aclose()
 

@@ -26,7 +26,6 @@ from bot.errors import (
     LLMTimeout,
     QuotaExceeded,
 )
-from bot.memory.redis_server import EmbeddedRedis
 from bot.models import Place, Speaker
 from bot.services import Services, open_services
 from tests.standin.llm_api import Behavior, LLMStandIn, count_prompt_tokens
@@ -67,9 +66,9 @@ async def llm() -> AsyncIterator[LLMStandIn]:
 
 @pytest.fixture
 async def services(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> AsyncIterator[Services]:
-    async with open_services(make_config(redis_server.url, llm.base_url)) as built:
+    async with open_services(make_config(redis_url, llm.base_url)) as built:
         yield built
 
 
@@ -233,11 +232,9 @@ async def test_length_finish_is_stored_with_a_note(services: Services, llm: LLMS
 
 
 async def test_quota_refuses_before_calling_the_model(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> None:
-    config = replace(
-        make_config(redis_server.url, llm.base_url), usage=UsageConfig(daily_token_quota=30)
-    )
+    config = replace(make_config(redis_url, llm.base_url), usage=UsageConfig(daily_token_quota=30))
     async with open_services(config) as services:
         await ask(services, HERE, ANN, "a question that uses up the small quota " * 3)
         calls = len(llm.chat_requests)
@@ -249,9 +246,9 @@ async def test_quota_refuses_before_calling_the_model(
 
 
 async def test_trimming_keeps_persona_within_budget(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> None:
-    config = make_config(redis_server.url, llm.base_url, context_tokens=600, max_tokens=100)
+    config = make_config(redis_url, llm.base_url, context_tokens=600, max_tokens=100)
     # Without summaries (tests/test_summary.py has them): the stored history stays whole.
     config = replace(config, history=replace(config.history, summarize=False))
     async with open_services(config) as services:
@@ -266,9 +263,9 @@ async def test_trimming_keeps_persona_within_budget(
 
 
 async def test_retry_before_first_token(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> None:
-    config = make_config(redis_server.url, llm.base_url, max_retries=2)
+    config = make_config(redis_url, llm.base_url, max_retries=2)
     async with open_services(config) as services:
         llm.push(Behavior.error(503), Behavior.error(429, headers={"Retry-After": "0"}))
         assert await ask(services, HERE, ANN, "third time lucky") == "Echo: Ann: third time lucky"
@@ -306,7 +303,7 @@ async def test_console_chat_uses_the_same_services(services: Services, llm: LLMS
 
 
 async def test_console_attach_sends_a_file_and_an_image(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn, tmp_path: Path
+    redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn, tmp_path: Path
 ) -> None:
     from PIL import Image
 
@@ -314,7 +311,7 @@ async def test_console_attach_sends_a_file_and_an_image(
 
     (tmp_path / "notes.md").write_text("# Plan\nship it")
     Image.new("RGB", (3000, 1000)).save(tmp_path / "wide.png")
-    config = make_config(redis_server.url, llm.base_url, vision=True)
+    config = make_config(redis_url, llm.base_url, vision=True)
     async with open_services(config) as services:
         out = io.StringIO()
         console = Console(services, "desk", out=out, user="admin")
@@ -344,3 +341,10 @@ async def test_console_attach_sends_a_file_and_an_image(
 
 def test_bot_error_texts_are_plain() -> None:
     assert BotError().user_text
+
+
+async def test_cluster_mode_is_detected_from_the_url(
+    services: Services, redis_backend: str
+) -> None:
+    """`redis.cluster = "auto"`: a cluster node's URL gets the cluster client."""
+    assert services.store.cluster is (redis_backend == "cluster")

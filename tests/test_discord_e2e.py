@@ -15,9 +15,9 @@ from tests.standin.llm_api import Behavior
 
 @pytest.fixture
 async def h(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, latency: Latency | None
+    redis_client: aioredis.Redis, redis_url: str, latency: Latency | None
 ) -> AsyncIterator[BotHarness]:
-    async with running_bot(redis_server.url, latency=latency) as harness:
+    async with running_bot(redis_url, latency=latency) as harness:
         yield harness
 
 
@@ -53,6 +53,7 @@ async def test_typing_while_waiting_for_the_first_token(h: BotHarness) -> None:
     assert typing_at < parts[0].history[0].time
 
 
+@pytest.mark.cluster
 async def test_memory_across_turns_and_isolation_between_channels(h: BotHarness) -> None:
     other = h.discord.add_channel(h.guild, "other")
     await h.discord.flush()
@@ -98,6 +99,7 @@ async def test_replying_to_the_bot_continues_the_conversation(h: BotHarness) -> 
     assert parts and parts[0].content == "Echo: alice: a follow-up"
 
 
+@pytest.mark.cluster
 @both_latencies
 async def test_persona_commands_change_the_system_prompt(h: BotHarness) -> None:
     record = await h.slash("persona set", {"text": "You are terse. Server {server}."})
@@ -153,6 +155,7 @@ async def test_persona_modal_autocomplete_and_thread_inheritance(h: BotHarness) 
     assert h.llm.chat_requests[-1].body["messages"][0]["content"] == long_persona.strip()
 
 
+@pytest.mark.cluster
 async def test_reset_forgets_but_keeps_the_persona(h: BotHarness) -> None:
     await h.slash("persona preset", {"name": "poet"})
     await h.ask("one")
@@ -164,6 +167,7 @@ async def test_reset_forgets_but_keeps_the_persona(h: BotHarness) -> None:
     assert messages[0]["content"] == "You write verse." and len(messages) == 2
 
 
+@pytest.mark.cluster
 @both_latencies
 async def test_usage_shows_what_the_server_reported(h: BotHarness) -> None:
     await h.ask("count me")

@@ -114,12 +114,12 @@ class BotProcess:
         return self.proc.poll() is None
 
     def redis_server_pids(self) -> list[int]:
-        """The redis-server processes this bot started (its embedded Redis)."""
+        """The server processes this bot started (its embedded Redis: valkey-server)."""
         try:
             children = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        found = [c for c in children if "redis-server" in c.name()]
+        found = [c for c in children if c.name().endswith(("redis-server", "valkey-server"))]
         self._children += found
         return [c.pid for c in found]
 
@@ -304,8 +304,12 @@ async def final_reply(
     return result
 
 
-def read_history(url: str, channel_id: int) -> list[Turn]:
-    client = redis.Redis.from_url(url, decode_responses=True)
+def read_history(url: str, channel_id: int, *, cluster: bool = False) -> list[Turn]:
+    client: Any = (
+        redis.RedisCluster.from_url(url, decode_responses=True)
+        if cluster
+        else redis.Redis.from_url(url, decode_responses=True)
+    )
     try:
         raw = client.lrange(f"{PREFIX}:{{c{channel_id}}}:history", 0, -1)
         return [Turn.from_json(r) for r in raw]  # type: ignore[union-attr]
@@ -529,8 +533,24 @@ def test_sigterm_with_enough_grace_completes_and_stores_the_reply(
 # === 1b. several processes on one Redis ==============================================
 
 
-async def _shared_channel_scenario(workdir: Path) -> Outcome:
+@contextlib.contextmanager
+def shared_redis(workdir: Path, cluster_url: str | None) -> Iterator[SharedRedis]:
+    """The Redis both processes share: a fresh embedded server, or the session's cluster."""
+    if cluster_url is not None:
+        yield SharedRedis(cluster_url, cluster=True)
+        return
     with EmbeddedRedis(workdir / "shared-redis") as server:
+        yield SharedRedis(server.url)
+
+
+@dataclass(frozen=True)
+class SharedRedis:
+    url: str
+    cluster: bool = False
+
+
+async def _shared_channel_scenario(workdir: Path, cluster_url: str | None = None) -> Outcome:
+    with shared_redis(workdir, cluster_url) as server:
         async with world(workdir) as (standin, llm, procs):
             _, channel, user = standin.populate()
             llm.default = Behavior(ttft=0.3, tps=20)  # an echo, slow enough to overlap
@@ -550,10 +570,14 @@ async def _shared_channel_scenario(workdir: Path) -> Outcome:
                     channel, user, mention(standin, f"message number {i}"), session_id=session
                 )
                 sent.append((msg, session))
+                # Apart by more than the two processes' jitter in reaching Redis (messages
+                # within a few ms of each other are simultaneous: whichever process asks
+                # first goes first), and well within one reply's time, so a line forms.
+                await asyncio.sleep(0.15)
             for msg, _ in sent:
                 await final_reply(standin, msg, timeout=30)
             await asyncio.sleep(0.5)  # a duplicate answer would show up by now
-            history = read_history(server.url, channel)
+            history = read_history(server.url, channel, cluster=server.cluster)
             answers = {msg.id: replies_to(standin, msg) for msg, _ in sent}
             for bot in bots.values():
                 bot.proc.send_signal(signal.SIGTERM)
@@ -612,15 +636,28 @@ def test_two_processes_keep_the_shared_history_complete_and_in_pairs(
         assert [i for i in ids if i in mine] == mine
 
 
-@pytest.mark.xfail(
-    reason="bot/memory/store.py: the Redis channel lock has no fairness across processes; "
-    "a process re-takes it for its own queued messages before the other process's poll "
-    "(0.05-0.5 s) comes round, so answers follow arrival order only per process",
-    strict=False,
-)
 def test_two_processes_answer_a_shared_channel_in_arrival_order(shared_channel: Outcome) -> None:
     ids = [t.message_id for t in shared_channel.facts["history"][::2]]
     assert ids == sorted(ids)
+
+
+@pytest.fixture(scope="module")
+def shared_channel_on_cluster(redis_cluster: Any) -> Outcome:
+    redis_cluster.flushall()
+    return run_scenario(lambda workdir: _shared_channel_scenario(workdir, redis_cluster.url))
+
+
+def test_two_processes_on_a_cluster_answer_a_shared_channel_once_and_in_order(
+    shared_channel_on_cluster: Outcome,
+) -> None:
+    f = shared_channel_on_cluster.facts
+    for msg, _ in f["sent"]:
+        assert len(f["answers"][msg.id]) == 1
+    history: list[Turn] = f["history"]
+    assert [t.role for t in history] == ["user", "assistant"] * 6
+    ids = [t.message_id for t in history[::2]]
+    assert ids == sorted(m.id for m, _ in f["sent"]), "arrival order across processes"
+    assert f["codes"] == [0, 0]
 
 
 async def _sharded_scenario(workdir: Path) -> Outcome:

@@ -200,13 +200,19 @@ async def test_reset_and_retention_do_what_they_promise(
             assert 39 * 86_400 < await redis_client.ttl(key) <= 40 * 86_400
             values = await redis_client.hgetall(key)
             assert not any("basil" in f or "basil" in v for f, v in values.items())
+        # One "counted" marker per reply in the channel's, the user's and the server's slot.
+        done = {k for k in all_keys if ":done:" in k}
+        assert len(done) == 3 * 2
+        for key in done:
+            assert 0 < await redis_client.ttl(key) <= 3600
+            assert await redis_client.get(key) in ("0", "1")
         # Per server and day, each user's total (no text), for /usage's top users.
         users = {k for k in all_keys if ":usage_users:" in k}
         assert len(users) == 1 and all(f.isdigit() for f in await redis_client.hkeys(*users))
         assert 39 * 86_400 < await redis_client.ttl(*users) <= 40 * 86_400
         usage |= users
         persona, chat = keys.channel_persona(h.channel), keys.chat_mode(h.channel)
-        assert all_keys == {hist, persona, chat, *usage}, "an undocumented key is stored"
+        assert all_keys == {hist, persona, chat, *usage, *done}, "an undocumented key is stored"
         assert await redis_client.ttl(persona) == -1 and await redis_client.ttl(chat) == -1
         for key in (persona, chat):
             assert "basil" not in (await redis_client.get(key) or "")
@@ -217,7 +223,7 @@ async def test_reset_and_retention_do_what_they_promise(
         assert await redis_client.exists(persona) and await redis_client.exists(chat)
         # /reset leaves one counter (no text) so a reply streaming meanwhile is not kept.
         epoch = keys.epoch(h.channel)
-        assert set(await redis_client.keys("e2e:*")) == {persona, chat, epoch, *usage}
+        assert set(await redis_client.keys("e2e:*")) == {persona, chat, epoch, *usage, *done}
         assert (await redis_client.get(epoch) or "").isdigit()
         assert 0 < await redis_client.ttl(epoch) <= 86_400
         await h.ask("what was it?")

