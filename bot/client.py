@@ -37,6 +37,7 @@ EXTENSIONS = (
     "cogs.model",
     "cogs.thinking",
     "cogs.tools",
+    "cogs.reply_buttons",
 )
 
 # What the bot needs, and why: read and answer in channels and threads, edit its own

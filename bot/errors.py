@@ -209,6 +209,36 @@ class PermissionDenied(BotError):
         super().__init__(f"You need the **{needed}** permission to do that.")
 
 
+# --- Reply buttons (Stop, Regenerate, Retry) ------------------------------------------------
+
+
+class NotLatestAnswer(BotError):
+    user_text = "Only the latest answer in this channel can be regenerated."
+
+
+class AnswerInProgress(BotError):
+    user_text = "An answer is being written in this channel right now. Try again when it's done."
+
+
+class AnswerFinished(BotError):
+    user_text = "This answer has already finished."
+
+
+class NotYourReply(BotError):
+    user_text = (
+        "Only the person who asked, or members with the **Manage Messages** permission, "
+        "can use this button."
+    )
+
+
+class StoppedBeforeAnswer(BotError):
+    user_text = "Stopped before the model had answered anything."
+
+
+class QuestionGone(BotError):
+    user_text = "The question was deleted, so it can't be asked again."
+
+
 def user_message(exc: BaseException) -> str:
     """The one place that turns any exception into text for a person."""
     if isinstance(exc, BotError):

@@ -51,6 +51,8 @@ class Turn:
     images: tuple[ImageRef, ...] = ()
     # An answer that used tools: what the next turns should know of them (see bot.tools).
     tool_note: str | None = None
+    # An answer the person stopped (Stop button): `content` is what they saw, cut short.
+    stopped: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -58,6 +60,8 @@ class Turn:
             del data["images"]  # text-only turns are stored exactly as before
         if data["tool_note"] is None:
             del data["tool_note"]
+        if not self.stopped:
+            del data["stopped"]  # the common case stays as compact as before
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
@@ -73,6 +77,7 @@ class Turn:
             message_id=data.get("message_id"),
             images=tuple(ImageRef(**i) for i in data.get("images") or ()),
             tool_note=data.get("tool_note"),
+            stopped=bool(data.get("stopped", False)),
         )
 
 

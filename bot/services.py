@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
+from bot.chat.controls import ReplyControls
 from bot.chat.conversation import ConversationService
 from bot.chat.memory import MemoryService
 from bot.chat.model_choice import ModelChoiceService
@@ -59,6 +60,8 @@ class Services:
     memory: MemoryService
     thoughts: ThoughtsService
     tools: ToolService | None = None
+    # Replies being written, for their Stop / Regenerate / Retry buttons.
+    controls: ReplyControls = field(default_factory=ReplyControls)
 
 
 async def wait_for_redis(

@@ -12,16 +12,27 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import discord
 from discord.ext import commands
 
 from bot.chat.attachments import Quoted, Source, url_fetch
+from bot.chat.controls import RunningReply
+from bot.chat.conversation import Reply
 from bot.client import ChatBot, bucket_key, place_of
 from bot.delivery.gate import MessageFacts, Verdict, decide, has_visible_text, needs_chat_mode
 from bot.delivery.renderer import ReplyRenderer
 from bot.delivery.thinking import ThinkingStatus, thinking_button
-from bot.errors import BotError, EmptyMessage, MemoryUnavailable, Throttled, user_message
+from bot.errors import (
+    AnswerInProgress,
+    BotError,
+    EmptyMessage,
+    MemoryUnavailable,
+    Throttled,
+    user_message,
+)
 from bot.models import Button, Speaker
 from bot.tools.loop import steps_header
 
@@ -29,6 +40,10 @@ log = logging.getLogger(__name__)
 
 NO_PINGS = discord.AllowedMentions.none()
 INTERRUPTED = "⚠️ Interrupted: the bot is restarting. Ask again in a moment."
+STOPPED = "-# ⏹ Stopped."
+# When requests queue for the shared budget, tidying edits (an older reply's Regenerate
+# taken away) wait as if their text were this much younger than everyone's.
+TIDY_DELAY_S = 5.0
 
 
 def button_view(buttons: tuple[Button, ...]) -> discord.ui.View | None:
@@ -55,7 +70,7 @@ def button_view(buttons: tuple[Button, ...]) -> discord.ui.View | None:
 class DiscordSink:
     """The renderer's view of Discord: post, edit, show typing. Nothing here pings."""
 
-    def __init__(self, message: discord.Message) -> None:
+    def __init__(self, message: discord.Message | discord.PartialMessage) -> None:
         self.message = message
         self.channel = message.channel
 
@@ -167,7 +182,7 @@ class Chat(commands.Cog):
             return
         self.bot.start_reply(self.answer(message, text), name=f"reply {message.id}")
 
-    async def notice(self, message: discord.Message, text: str) -> None:
+    async def notice(self, message: discord.Message | discord.PartialMessage, text: str) -> None:
         """A short reply that is not a model answer (throttling, no text, ...)."""
         await self.bot.budget.acquire(bucket_key("send", message.channel.id))
         try:
@@ -193,47 +208,132 @@ class Chat(commands.Cog):
         text = readable_text(resolved, me.id)
         return Quoted(resolved.id, resolved.author.display_name, text, self.sources(resolved))
 
-    async def answer(self, message: discord.Message, text: str) -> None:
+    async def answer(
+        self,
+        message: discord.Message,
+        text: str,
+        *,
+        sink: DiscordSink | None = None,
+        running: RunningReply | None = None,
+        press: bool = False,
+    ) -> None:
         speaker = Speaker(message.author.id, message.author.display_name)
         place = place_of(message.channel)
-        renderer = ReplyRenderer(
-            DiscordSink(message), self.bot.budget, edit_interval=self.config.edit_interval
+        if running is None:
+            try:
+                running = self.services.controls.begin(
+                    place.channel_id, message.id, message.author.id
+                )
+            except AnswerInProgress:
+                log.info("message %s is already being answered", message.id)  # a replay
+                return
+        conversation = self.services.conversations
+        await self.deliver(
+            message,
+            sink or DiscordSink(message),
+            running,
+            lambda: conversation.reply(
+                place,
+                speaker,
+                text,
+                message_id=message.id,
+                files=self.sources(message),
+                quoted=self.quoted(message),
+            ),
+            press=press,
         )
+
+    async def deliver(
+        self,
+        question: discord.Message | discord.PartialMessage,
+        sink: DiscordSink,
+        running: RunningReply,
+        open_reply: Callable[[], AbstractAsyncContextManager[Reply]],
+        *,
+        press: bool = False,
+    ) -> None:
+        """Stream one reply into `sink` with its buttons: Stop while it is written, then
+        Regenerate (stored) or Retry (failed). `press`: a button asked for it; a failure
+        before any text is then raised (for the presser) and the old messages stay."""
+        controls = self.services.controls
+        renderer = ReplyRenderer(sink, self.bot.budget, edit_interval=self.config.edit_interval)
+        renderer.set_buttons(running.buttons_while_running())
         metrics = self.services.metrics
         started = time.monotonic()
         thinking = ThinkingStatus(renderer.set_status)
         with metrics.stream():
             try:
-                conversation = self.services.conversations
-                async with conversation.reply(
-                    place,
-                    speaker,
-                    text,
-                    message_id=message.id,
-                    files=self.sources(message),
-                    quoted=self.quoted(message),
-                ) as reply:
+                async with open_reply() as reply:
                     reply.on_thinking = thinking
                     reply.on_tool_steps = lambda steps: renderer.set_header(steps_header(steps))
-                    async for delta in reply:
-                        renderer.push(delta)
-                renderer.set_buttons(await self.thought_buttons(place.channel_id, thinking.text))
-                await renderer.finish()
+                    stopped = await controls.relay(running, reply, renderer.push)
+                running.extra = await self.thought_buttons(running.channel_id, thinking.text)
+                renderer.set_buttons(running.buttons_when_stored())
+                if stopped:
+                    await renderer.fail(STOPPED)
+                else:
+                    await renderer.finish()
                 metrics.observe_final_edit(time.monotonic() - started)
+                await self.retire_previous(running, renderer)
                 if reply.outcome and reply.outcome.notes:
-                    await self.notice(message, "\n".join(f"-# {n}" for n in reply.outcome.notes))
+                    await self.notice(question, "\n".join(f"-# {n}" for n in reply.outcome.notes))
             except EmptyMessage as exc:  # e.g. only a file that could not be read
                 await self.notice(
-                    message, "\n".join([exc.user_text, *(f"-# {n}" for n in exc.notes)])
+                    question, "\n".join([exc.user_text, *(f"-# {n}" for n in exc.notes)])
                 )
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
+                renderer.set_buttons(running.buttons_when_failed(exc))
                 await renderer.fail(INTERRUPTED)
                 raise
             except Exception as exc:
                 if not isinstance(exc, BotError):
-                    log.exception("reply in channel %s failed", message.channel.id)
-                renderer.set_buttons(await self.thought_buttons(place.channel_id, thinking.text))
+                    log.exception("reply in channel %s failed", running.channel_id)
+                if press and not renderer.text:
+                    await renderer.finish()  # nothing new shown: the old messages stay
+                    raise
+                running.extra = await self.thought_buttons(running.channel_id, thinking.text)
+                renderer.set_buttons(running.buttons_when_failed(exc))
                 await renderer.fail(f"⚠️ {user_message(exc)}")
+            finally:
+                controls.end(running)
+
+    async def take_buttons(
+        self,
+        message: discord.Message | discord.PartialMessage,
+        *,
+        keep: tuple[Button, ...] = (),
+        later: bool = False,
+    ) -> None:
+        """Leave only `keep` under one of the bot's messages (one edit, in the budget).
+        `later`: after the streams' edits when requests queue (it is only tidying up)."""
+        budget = self.bot.budget
+        priority = budget.clock() + TIDY_DELAY_S if later else None
+        await budget.acquire(bucket_key("edit", message.channel.id), priority)
+        view = button_view(keep)
+        try:
+            await message.edit(view=view, allowed_mentions=NO_PINGS)
+        except discord.NotFound:
+            pass  # deleted: no button left to take away
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not remove old buttons in %s: HTTP %s", message.channel.id, exc.status
+            )
+        finally:
+            if view is not None:
+                view.stop()
+
+    async def retire_previous(self, running: RunningReply, renderer: ReplyRenderer) -> None:
+        """The channel's previous answer is no longer the latest: its Regenerate goes
+        (one edit, within the budget)."""
+        last = renderer.stats.handles[-1] if renderer.stats.handles else None
+        if not isinstance(last, discord.Message):
+            return
+        previous = self.services.controls.swap_latest(
+            running.channel_id, running.question_id, last.id, running.extra
+        )
+        if previous is not None:
+            old = last.channel.get_partial_message(previous.message_id)  # type: ignore[union-attr]
+            await self.take_buttons(old, keep=previous.buttons_left, later=True)
 
     async def thought_buttons(self, channel_id: int, text: str) -> tuple[Button, ...]:
         """Keep the model's thoughts for a day; the "Show thinking" button for the reply

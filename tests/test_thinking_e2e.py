@@ -131,7 +131,7 @@ async def test_show_thinking_off_shows_no_button_and_keeps_nothing(
     async with running_bot(redis_server.url, show_thinking="off") as h:
         h.llm.push(thinker("inline"))
         (reply,) = await h.ask("hi")
-        assert reply.content == ANSWER and reply.components == []
+        assert reply.content == ANSWER and thinking_ids(reply) == []
         assert await redis_client.keys("*thoughts*") == []
 
 

@@ -19,6 +19,8 @@ from bot.models import ImageRef, Turn
 
 CUT_NOTE = "\n\n[… the rest of this message was cut: it was too long for the model's context]"
 SUMMARY_HEADING = "Summary of the earlier conversation (its messages are no longer shown):"
+# Tells the model that an answer of its own was cut short by the person (Stop button).
+STOPPED_NOTE = "\n\n[stopped by the user at this point]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +61,10 @@ def as_message(turn: Turn, images: Mapping[str, str] | None = None) -> dict[str,
             url = f"data:{ref.mime};base64,{images[ref.id]}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
         return {"role": "user", "content": parts}
+    content = turn.content + STOPPED_NOTE if turn.stopped else turn.content
     if turn.tool_note:
-        return {"role": turn.role, "content": f"{turn.tool_note}\n\n{turn.content}"}
-    return {"role": turn.role, "content": turn.content}
+        return {"role": turn.role, "content": f"{turn.tool_note}\n\n{content}"}
+    return {"role": turn.role, "content": content}
 
 
 def image_count(message: Mapping[str, Any]) -> int:

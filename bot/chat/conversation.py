@@ -35,11 +35,13 @@ from bot.errors import (
     LLMError,
     LLMOnlyThought,
     MemoryUnavailable,
+    NotLatestAnswer,
+    StoppedBeforeAnswer,
 )
 from bot.llm.client import ChatStream, LLMClient
 from bot.llm.models import ModelRegistry
 from bot.llm.tokens import PER_MESSAGE, TokenCounter
-from bot.memory.store import Store, TurnLock, UsageRecord
+from bot.memory.store import Loaded, Store, TurnLock, UsageRecord
 from bot.models import ImageRef, Place, Speaker, TokenUsage, Turn
 from bot.ops.metrics import Metrics
 from bot.tools.control import ToolService
@@ -125,6 +127,12 @@ class ConversationService:
         reply.files, reply.quoted = list(files), quoted
         return reply
 
+    def regenerate(self, place: Place, speaker: Speaker, question_id: int) -> Reply:
+        """Answer the channel's latest question (the user message `question_id`) again,
+        from the same history; the stored answer is replaced when the new one is done.
+        `speaker` is who asked for it (their quota and usage)."""
+        return RegenerateReply(self, place, speaker, "", question_id)
+
     async def model_offers_tools(self, place: Place) -> bool:
         """Whether the model answering in `place` may call tools (its `tools` flag)."""
         return (await self.choices.current(place)).spec.tools
@@ -177,6 +185,8 @@ class Reply:
         # Tool use: set `on_tool_steps` (before iterating) to see each call as it runs.
         self.on_tool_steps: Callable[[list[ToolStep]], None] | None = None
         self._tools: ToolRun | None = None
+        # True while the model's stream is read: only then may Stop cut the reply.
+        self.reading = False
 
     async def __aenter__(self) -> Reply:
         s = self.s
@@ -190,20 +200,10 @@ class Reply:
             await self._read_files(loaded.history)
             persona = resolve(loaded.personas, s.default_persona)
             system = render(persona.text, self.place, s.bot_name)
-            self._history = loaded.history
+            history, self._user_turn = self._question(loaded)
+            self._history = history
             self._persona_tokens = s.counter.count_message({"role": "system", "content": system})
-            content, refs = self._content_and_images()
-            self._user_turn = Turn(
-                role="user",
-                content=content,
-                tokens=s.counter.count(speaker_line(self.speaker.name, content)),
-                at=time.time(),
-                author_id=self.speaker.id,
-                author_name=self.speaker.name,
-                message_id=self.message_id,
-                images=refs,
-            )
-            images = await self._images_to_send(loaded.history)
+            images = await self._images_to_send(history)
             user_turn = self._user_turn
             # Tools this place may use; each model in the fallback chain says whether it can.
             available = await self._available_tools()
@@ -216,7 +216,7 @@ class Reply:
                 tools = offered[spec.name] = available if spec.tools else []
                 self.context = build_context(
                     system,
-                    loaded.history,
+                    history,
                     user_turn,
                     context_tokens=spec.context_tokens - self._tool_reserve(tools),
                     reply_tokens=spec.max_tokens,
@@ -244,6 +244,35 @@ class Reply:
             await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def _question(self, loaded: Loaded) -> tuple[list[Turn], Turn]:
+        """The history the model reads and the question it answers: a new user turn."""
+        content, refs = self._content_and_images()
+        turn = Turn(
+            role="user",
+            content=content,
+            tokens=self.s.counter.count(speaker_line(self.speaker.name, content)),
+            at=time.time(),
+            author_id=self.speaker.id,
+            author_name=self.speaker.name,
+            message_id=self.message_id,
+            images=refs,
+        )
+        return loaded.history, turn
+
+    async def _store(self, reply_turn: Turn, usage: TokenUsage) -> int:
+        """Keep the exchange (one atomic write that also releases the channel)."""
+        assert self._user_turn is not None and self._lock is not None
+        return await self.s.store.commit(
+            self.place,
+            [self._user_turn, reply_turn],
+            self._usage_record(usage),
+            self._lock,
+            # None: neither this turn nor the history has images, nothing to store or prune.
+            images=self._new_images
+            if self._new_images or any(t.images for t in self._history)
+            else None,
+        )
 
     async def _read_files(self, history: list[Turn]) -> None:
         """Quote the message replied to (if new here) and read the attached files."""
@@ -294,18 +323,30 @@ class Reply:
     async def _iterate(self) -> AsyncIterator[str]:
         assert self._stream is not None, "use `async with` before iterating"
         source = self._tools.run(self._stream) if self._tools else self._stream.deltas()
-        async for delta in source:
-            if self._first_token_at is None:
-                self._first_token_at = time.monotonic()
-                if self.s.metrics:
-                    self.s.metrics.observe_first_token(self._first_token_at - self._started)
-            if not delta.thinking:
-                yield delta.text
-            elif self.on_thinking is not None:
-                self.on_thinking(delta.text)
+        self.reading = True
+        try:
+            async for delta in source:
+                if self._first_token_at is None:
+                    self._first_token_at = time.monotonic()
+                    if self.s.metrics:
+                        self.s.metrics.observe_first_token(self._first_token_at - self._started)
+                if not delta.thinking:
+                    yield delta.text
+                elif self.on_thinking is not None:
+                    self.on_thinking(delta.text)
+        finally:
+            self.reading = False
         await self._commit()
 
-    async def _commit(self) -> None:
+    async def stop_here(self) -> None:
+        """Keep what was streamed so far as the answer, marked as stopped (Stop button).
+
+        Called after the reading was cancelled mid-stream; the text the person saw is
+        everything streamed, so that is what the history keeps.
+        """
+        await self._commit(stopped=True)
+
+    async def _commit(self, *, stopped: bool = False) -> None:
         s, stream = self.s, self._stream
         assert stream is not None and self.context is not None and self._user_turn is not None
         assert self._lock is not None
@@ -315,6 +356,8 @@ class Reply:
             stream, text = self._tools.last, self._tools.text
             note = self._tools.history_note(self._tool_config().keep_results)
         if not text.strip():
+            if stopped:
+                raise StoppedBeforeAnswer()
             if stream.thinking.strip():
                 raise LLMOnlyThought(cut=stream.finish_reason == "length")
             raise LLMEmptyReply()
@@ -329,21 +372,13 @@ class Reply:
             else usage.completion_tokens,
             at=time.time(),
             tool_note=note,
+            stopped=stopped,
         )
-        length = await s.store.commit(
-            self.place,
-            [self._user_turn, reply_turn],
-            self._usage_record(usage),
-            self._lock,
-            # None: neither this turn nor the history has images, nothing to store or prune.
-            images=self._new_images
-            if self._new_images or any(t.images for t in self._history)
-            else None,
-        )
+        length = await self._store(reply_turn, usage)
         notes = [*(self.attachments.notes if self.attachments else []), *self._notes]
         if self.context.user_message_cut:
             notes.append(CUT_MESSAGE_NOTE)
-        finish = stream.finish_reason or "stop"
+        finish = "stopped" if stopped else stream.finish_reason or "stop"
         if finish in FINISH_NOTES:
             notes.append(FINISH_NOTES[finish])
         self.outcome = ReplyOutcome(text, finish, usage, notes, length, stream.thinking)
@@ -530,3 +565,37 @@ class Reply:
             time.monotonic() - self._started if self._started else 0.0,
             exc_info=not expected,
         )
+
+
+class RegenerateReply(Reply):
+    """The latest question answered again; the new answer replaces the stored one.
+
+    The channel is held like any reply, so nothing can slip in between; the stored
+    exchange is checked twice: when loading (else `NotLatestAnswer` before the model is
+    called) and, atomically, when replacing (a /reset meanwhile wins).
+    """
+
+    async def _read_files(self, history: list[Turn]) -> None:
+        """Nothing to read: the question is the stored one, files and all."""
+
+    def _question(self, loaded: Loaded) -> tuple[list[Turn], Turn]:
+        history = loaded.history
+        if (
+            len(history) < 2
+            or len(loaded.tail) != 2
+            or history[-2].role != "user"
+            or history[-2].message_id != self.message_id
+            or history[-1].role != "assistant"
+        ):
+            raise NotLatestAnswer()
+        self._expected = loaded.tail
+        return history[:-2], history[-2]
+
+    async def _store(self, reply_turn: Turn, usage: TokenUsage) -> int:
+        assert self._lock is not None
+        _, length = await self.s.store.replace_latest(
+            self.place, self._expected, reply_turn, self._lock
+        )
+        with contextlib.suppress(BotError):
+            await self.s.store.record_usage(self._usage_record(usage), self._lock)
+        return length

@@ -139,6 +139,24 @@ if KEYS[3] and ARGV[3] ~= '' then
 end
 return 1
 """
+# Replace the channel's latest answer (Regenerate) only if the exchange read at load time
+# is still the last one, byte for byte, and the channel was not reset since.
+# KEYS: history, epoch. ARGV: epoch at load, expected question, expected answer, new answer,
+# TTL s (0: keep).
+_REPLACE = """
+local epoch = redis.call('get', KEYS[2])
+if epoch and epoch ~= ARGV[1] then
+  return {0, redis.call('llen', KEYS[1])}
+end
+if redis.call('lindex', KEYS[1], -2) ~= ARGV[2] or redis.call('lindex', KEYS[1], -1) ~= ARGV[3] then
+  return {0, redis.call('llen', KEYS[1])}
+end
+redis.call('lset', KEYS[1], -1, ARGV[4])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('expire', KEYS[1], ARGV[5])
+end
+return {1, redis.call('llen', KEYS[1])}
+"""
 # Store a turn's images next to the history (unless the channel was reset, as above) and
 # drop images no stored turn refers to any more (trimmed away). Runs right after _COMMIT
 # in the same MULTI (on a cluster: the same request to the channel's node, and repeated
@@ -322,6 +340,9 @@ class Loaded:
     personas: PersonaLayers
     user_tokens_today: int
     summary: Summary | None = None
+    # The last two history entries exactly as stored: Regenerate replaces the answer only
+    # if they are unchanged (see `Store.replace_latest`).
+    tail: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +555,7 @@ class Store:
                     personas=self._parse_personas(personas, place),
                     user_tokens_today=sum(int(v or 0) for v in usage),
                     summary=Summary.from_json(summary) if summary else None,
+                    tail=tuple(raw_history[-2:]),
                 )
             # An earlier message is being answered (here or by another process): wait for
             # it, in order. A release in this process wakes us at once; others are polled.
@@ -628,6 +650,47 @@ class Store:
         if not int(appended):
             log.info("channel=%s was reset while answering: the exchange is not kept", cid)
         return int(length)
+
+    async def replace_latest(
+        self, place: Place, expected: tuple[str, ...], answer: Turn, lock: TurnLock
+    ) -> tuple[bool, int]:
+        """Put `answer` in place of the channel's latest answer and release the lock,
+        atomically, if the last exchange is still `expected` (as loaded under `lock`).
+
+        Returns (replaced, history length). Only the channel's own keys are touched (one
+        Cluster slot); the caller counts usage with `record_usage`.
+        """
+        k = self.keys
+        hist = k.history(place.channel_id)
+        if len(expected) != 2:
+            raise ValueError("expected must be the last question and answer as stored")
+
+        async def write() -> list[Any]:
+            # One slot: a transaction on a single server; the script alone is atomic.
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
+                pipe.eval(
+                    _REPLACE,
+                    2,
+                    hist,
+                    k.epoch(place.channel_id),
+                    lock.epoch,
+                    expected[0],
+                    expected[1],
+                    answer.to_json(),
+                    self.retention_s,
+                )
+                pipe.eval(_RELEASE, 1, k.lock(place.channel_id), lock.token)
+                return await pipe.execute()
+
+        result = await self._call(write)
+        lock.held = False
+        replaced, length = result[0]
+        if not int(replaced):
+            log.info(
+                "channel=%s changed while regenerating: the answer is not replaced",
+                place.channel_id,
+            )
+        return bool(int(replaced)), int(length)
 
     async def record_usage(self, usage: UsageRecord, lock: TurnLock | None = None) -> None:
         """Count tokens of a reply that failed part-way: they were spent all the same.

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import re
 import signal
 import socket
@@ -69,6 +70,8 @@ CONTEXT_LENGTH_LLAMACPP = {
         "n_ctx": 8192,
     }
 }
+# While waiting between chunks, how often to check that the client is still connected.
+DISCONNECT_POLL_S = 0.05
 STREAM_ERROR = {"error": {"message": "The server had an error while processing your request."}}
 
 _WORDS = [
@@ -320,6 +323,9 @@ class RecordedRequest:
     summary: bool = False  # a summarising request (see `is_summary_request`)
     # "complete", "error", "hang", "drop", "client_gone", "cancelled", "json", "bad_json"
     outcome: str = ""
+    # time.monotonic() when the stand-in saw the client close the connection mid-answer
+    # (e.g. the bot's Stop button): noticed within `DISCONNECT_POLL_S` while it waits.
+    disconnected: float | None = None
 
     @property
     def text(self) -> str:
@@ -584,7 +590,9 @@ class _Streamer:
             await self.resp.write_eof()
             rec.outcome = "complete"
         except (_Stop, ConnectionError):
-            rec.outcome = rec.outcome or "client_gone"
+            if not rec.outcome or rec.outcome == "hang":
+                rec.outcome = "client_gone"
+                rec.disconnected = time.monotonic()
         return self.resp
 
     async def _think(self, first_due: float) -> float:
@@ -693,11 +701,16 @@ class _Streamer:
         """Sleep to loop time `end` (None: forever), sending keep-alive comments if asked."""
         interval = self.beh.keepalive
         loop = asyncio.get_running_loop()
+        next_ping = loop.time() + interval if interval else math.inf
         while end is None or loop.time() < end:
-            step = interval if interval else 3600.0
-            if end is not None:
-                step = min(step, end - loop.time())
-            await asyncio.sleep(max(step, 0.0))
+            step = min(next_ping, end if end is not None else math.inf) - loop.time()
+            await asyncio.sleep(max(min(step, DISCONNECT_POLL_S), 0.0))
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                raise _Stop  # the client went away while we waited
+            if loop.time() < next_ping:
+                continue
+            next_ping = loop.time() + (interval or math.inf)
             if interval and (end is None or loop.time() < end):
                 stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
                 await self._send(f": ping - {stamp}{self.beh.line_end}{self.beh.line_end}")
