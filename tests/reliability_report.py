@@ -13,7 +13,6 @@ measured numbers). Measurements (429 counts, RSS, run time) go to the terminal s
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ import pytest
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 PLUGIN_NAME = "reliability-report"
+# Parameter ids that pick how a case runs, not which case it is.
+_RUN_VARIANTS = frozenset({"none", "realistic", "single", "cluster"})
 
 
 @dataclass(frozen=True)
@@ -310,9 +311,12 @@ class ReliabilityReport:
     @staticmethod
     def case_of(nodeid: str) -> Case | None:
         name = nodeid.rpartition("::")[2]
-        # A case run with and without Discord latency (`latency` fixture) is one case.
-        name = re.sub(r"-(?:none|realistic)\]$", "]", name)
-        name = re.sub(r"\[(?:none|realistic)\]$", "", name)
+        # A case run with and without Discord latency (`latency` fixture), or on either
+        # Redis backend (`redis_backend`), is one case: drop those ids from the params.
+        base, _, params = name.partition("[")
+        if params:
+            kept = [p for p in params[:-1].split("-") if p not in _RUN_VARIANTS]
+            name = f"{base}[{'-'.join(kept)}]" if kept else base
         return next((c for c in CASES if c.test == name), None)
 
     # -- hooks --

@@ -46,3 +46,15 @@ def test_table_is_deterministic_apart_from_outcomes(tmp_path: Path) -> None:
     assert first.render() == second.render()
     table = [line for line in first.render().splitlines() if line.startswith("| ") and "`" in line]
     assert len(table) == len(CASES) and all(line.endswith("| not run |") for line in table)
+
+
+def test_run_variants_map_to_their_case() -> None:
+    """A case run with latency on or off, on either Redis backend, is still that case."""
+    case = ReliabilityReport.case_of
+    fault = "tests/test_reliability_llm.py::test_llm_fault"
+    assert case(f"{fault}[429-retry-after-none]") is case(f"{fault}[429-retry-after]")
+    assert case(f"{fault}[500-realistic]") is case(f"{fault}[500]") is not None
+    killed = "tests/test_reliability_redis.py::test_redis_killed_mid_conversation_and_restarted"
+    assert case(f"{killed}[single]") is case(killed) is not None
+    assert case(f"{killed}[cluster]") is case(killed)
+    assert case(f"{fault}[unknown-none]") is None
