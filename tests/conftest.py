@@ -24,6 +24,7 @@ from bot.ops import logs
 from tests.cluster import LocalCluster, connect
 from tests.harness import LATENCIES
 from tests.standin.latency import Latency
+from tests.standin.llm_api import LLMStandIn
 
 # Suites that run whole on both backends.
 CLUSTER_SUITES = {"test_store", "test_conversation"}
@@ -47,6 +48,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def redis_backend(request: pytest.FixtureRequest) -> str:
     """ "single" or "cluster" (parametrized by pytest_generate_tests)."""
     return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LLMStandIn]:
+    """A loopback OpenAI-compatible server with default behaviour (modules may override)."""
+    async with LLMStandIn() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,12 +39,6 @@ def failover_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
         yield cluster
     finally:
         cluster.cleanup()
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMStandIn]:
-    async with LLMStandIn() as server:
-        yield server
 
 
 async def test_a_primary_killed_mid_reply_loses_no_committed_turn(

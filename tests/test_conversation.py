@@ -59,12 +59,6 @@ def make_config(redis_url: str, llm_url: str, **llm: object) -> Config:
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[LLMStandIn]:
-    async with LLMStandIn() as server:
-        yield server
-
-
-@pytest.fixture
 async def services(
     redis_client: aioredis.Redis, redis_url: str, llm: LLMStandIn
 ) -> AsyncIterator[Services]:

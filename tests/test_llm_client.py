@@ -55,12 +55,6 @@ EXPECTED_PROMPT_TOKENS = 5 + 4 + 2 * 4 + 3
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[LLMStandIn]:
-    async with LLMStandIn() as server:
-        yield server
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s

@@ -92,12 +92,6 @@ def test_latest_answer_per_channel() -> None:
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[LLMStandIn]:
-    async with LLMStandIn() as server:
-        yield server
-
-
-@pytest.fixture
 async def services(
     redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
 ) -> AsyncIterator[Services]:

@@ -234,12 +234,6 @@ def small_config(redis_url: str, llm_url: str, **history: Any) -> Config:
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[LLMStandIn]:
-    async with LLMStandIn() as server:
-        yield server
-
-
-@pytest.fixture
 async def services(
     redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
 ) -> AsyncIterator[Services]:

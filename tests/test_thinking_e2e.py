@@ -183,12 +183,6 @@ async def test_expired_thoughts_get_a_clear_ephemeral_note(
 # --- the engine and the console, without Discord ------------------------------------------
 
 
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMStandIn]:
-    async with LLMStandIn() as server:
-        yield server
-
-
 def engine_config(redis_url: str, llm_url: str, **llm: Any) -> Config:
     base = LLMConfig(
         base_url=llm_url,

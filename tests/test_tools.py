@@ -78,12 +78,6 @@ def make_config(redis_url: str, llm_url: str, *, tools: bool = True, **mcp: Any)
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[LLMStandIn]:
-    async with LLMStandIn() as server:
-        yield server
-
-
-@pytest.fixture
 async def services(
     redis_client: aioredis.Redis, redis_server: EmbeddedRedis, llm: LLMStandIn
 ) -> AsyncIterator[Services]:
